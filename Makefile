@@ -1,0 +1,50 @@
+# Two commands do all set-up on a fresh machine: `make test` and `make demo`.
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= all,dev
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv test lint typecheck pytest test-all bench demo clean
+
+help:
+	@echo "make test   - create .venv if missing, install, lint, type-check and run the tests"
+	@echo "make demo   - run the main job end to end on embedded defaults"
+	@echo "make bench  - run the benchmarks and rewrite benchmarks/RESULTS.md"
+	@echo "make test-all - the tests including those marked slow"
+
+$(PY):
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Reinstall only when the project's metadata changed.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+venv: $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: venv
+	$(PY) scripts/run_pytest.py -m "not slow" $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+test-all: venv
+	$(PY) scripts/run_pytest.py $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) -m benchmarks
+
+demo: venv
+	@echo "The demo is not there yet: the hub, edge agent and fallback land first (see README)."
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The converter: device-specific artifacts from one source model, validated."""

@@ -1,0 +1,1 @@
+"""The device daemon: local LiteRT inference with fallback to the cloud over MQTT."""

@@ -1,0 +1,1 @@
+"""The experimental variational quantum classifier, served through the hub."""
