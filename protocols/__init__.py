@@ -29,9 +29,12 @@ from .codec import (
 )
 from .datatypes import Datatype, datatype_of, parse_datatype
 from .envelope import (
+    CONTENT_TYPE_FRAME,
+    CONTENT_TYPE_JSON,
     FRAME_MAGIC,
     MqttErrorResponse,
     MqttInferenceRequest,
+    content_type_of,
     decode_mqtt_request,
     decode_mqtt_response,
     encode_mqtt_error,
@@ -83,6 +86,8 @@ __all__ = [
     "BINARY_DATA",
     "BINARY_DATA_OUTPUT",
     "BINARY_DATA_SIZE",
+    "CONTENT_TYPE_FRAME",
+    "CONTENT_TYPE_JSON",
     "DEFAULT_LIMITS",
     "FRAME_MAGIC",
     "HEADER_LENGTH_HEADER",
@@ -119,6 +124,7 @@ __all__ = [
     "TopicError",
     "TopicKind",
     "ValueOverflowError",
+    "content_type_of",
     "datatype_of",
     "decode_mqtt_request",
     "decode_mqtt_response",

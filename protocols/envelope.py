@@ -35,9 +35,12 @@ from .limits import DEFAULT_LIMITS, Limits
 from .oip import ErrorResponse, InferenceRequest, Parameters
 
 __all__ = [
+    "CONTENT_TYPE_FRAME",
+    "CONTENT_TYPE_JSON",
     "FRAME_MAGIC",
     "MqttErrorResponse",
     "MqttInferenceRequest",
+    "content_type_of",
     "decode_mqtt_request",
     "decode_mqtt_response",
     "encode_frame",
@@ -48,6 +51,9 @@ __all__ = [
 ]
 
 FRAME_MAGIC = b"HIB1"
+CONTENT_TYPE_JSON = "application/json"
+CONTENT_TYPE_FRAME = "application/vnd.hybrid.hib1"
+"""Values for the optional MQTT 5 Content Type property; the first bytes decide regardless."""
 _FRAME_HEAD = struct.Struct("<4sI")
 
 
@@ -70,6 +76,11 @@ def encode_frame(body: EncodedBody) -> bytes:
         return body.header
     # The 8-byte head keeps the header's alignment padding intact.
     return b"".join((_FRAME_HEAD.pack(FRAME_MAGIC, len(body.header)), body.header, *body.binary))
+
+
+def content_type_of(payload: Buffer) -> str:
+    """The MQTT 5 Content Type that describes ``payload``."""
+    return CONTENT_TYPE_FRAME if memoryview(payload)[:4] == FRAME_MAGIC else CONTENT_TYPE_JSON
 
 
 def split_frame(

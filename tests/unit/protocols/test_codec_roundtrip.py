@@ -166,3 +166,16 @@ def test_response_binary_choice_per_output() -> None:
     assert '"name":"b","shape":[2],"datatype":"FP32","data":[1.0,1.0]' in header
     decoded = decode_response(body.to_bytes(), body.header_length)
     assert decoded.tensors["a"].tolist() == decoded.tensors["b"].tolist() == [1.0, 1.0]
+
+
+def test_content_type_of_payloads() -> None:
+    from protocols import CONTENT_TYPE_FRAME, CONTENT_TYPE_JSON, content_type_of
+
+    assert (
+        content_type_of(encode_mqtt_request("m", {"x": np.ones(2)}, binary=True))
+        == CONTENT_TYPE_FRAME
+    )
+    assert (
+        content_type_of(encode_mqtt_request("m", {"x": np.ones(2)}, binary=False))
+        == CONTENT_TYPE_JSON
+    )
