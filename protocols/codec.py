@@ -157,9 +157,9 @@ def encode_request(
 
 
 def decode_request(
-    body: Buffer, header_length: int | None = None, *, limits: Limits = DEFAULT_LIMITS
+    body: Buffer, header_length: int | str | None = None, *, limits: Limits = DEFAULT_LIMITS
 ) -> DecodedRequest:
-    """Decode an HTTP inference request body; ``header_length`` from the HTTP header."""
+    """Decode an HTTP inference request body; ``header_length`` as the HTTP header gives it."""
     return decode_request_parts(*split_body(body, header_length, limits=limits), limits=limits)
 
 
@@ -201,7 +201,7 @@ def encode_response(
 
 
 def decode_response(
-    body: Buffer, header_length: int | None = None, *, limits: Limits = DEFAULT_LIMITS
+    body: Buffer, header_length: int | str | None = None, *, limits: Limits = DEFAULT_LIMITS
 ) -> DecodedResponse:
     """Decode an HTTP inference response body."""
     return decode_response_parts(*split_body(body, header_length, limits=limits), limits=limits)
@@ -256,7 +256,7 @@ def parse_header_length(value: str | int | None, body_length: int) -> int | None
 
 
 def split_body(
-    body: Buffer, header_length: int | None, *, limits: Limits = DEFAULT_LIMITS
+    body: Buffer, header_length: int | str | None, *, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[memoryview, memoryview]:
     """Split a body into its JSON header and binary section, checking the size limits."""
     view = memoryview(body).cast("B")

@@ -1,0 +1,387 @@
+"""The hub's HTTP API: the Open Inference Protocol v2, Triton's extensions, and /metrics.
+
+``create_app(settings)`` builds the FastAPI application; its lifespan loads the repository at
+start and drains it at shutdown. Every failure is answered as ``{"error": "..."}`` with the
+status its error class carries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from protocols import (
+    HEADER_LENGTH_HEADER,
+    Datatype,
+    ProtocolError,
+    ServerMetadata,
+    decode_request,
+    encode_response,
+    wants_binary_output,
+)
+
+from . import __version__
+from .auth import Authenticator, Principal
+from .errors import (
+    BadRequestError,
+    HubError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    UnavailableError,
+)
+from .metrics import HubMetrics
+from .repository import LoadedVersion, ModelRepository
+from .settings import HubSettings
+
+__all__ = ["EXTENSIONS", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_repository",
+    "statistics",
+    "model_configuration",
+]
+
+_TRITON_TYPES = {dt: f"TYPE_{'STRING' if dt is Datatype.BYTES else dt.value}" for dt in Datatype}
+
+
+class BodyLimit:
+    """Refuses bodies over the limit with 413 before reading them: by Content-Length when
+    given, else while they stream in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: HubMetrics) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            self.metrics.rejected.labels(reason="body_too_large").inc()
+            response = JSONResponse(
+                {"error": f"request body is {int(declared)} bytes; the limit is {self.max_bytes}"},
+                status_code=413,
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    self.metrics.rejected.labels(reason="body_too_large").inc()
+                    raise PayloadTooLargeError(
+                        f"request body is over the limit of {self.max_bytes} bytes"
+                    )
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def create_app(settings: HubSettings) -> FastAPI:
+    metrics = HubMetrics()
+    limits = settings.limits.to_limits()
+    authenticator = Authenticator(settings.auth)
+    state: dict[str, Any] = {"ready": False}
+    repository = ModelRepository(
+        settings.model_repository, metrics, drain_timeout_s=settings.graceful_shutdown_s
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.load_models == "all":
+            await repository.load_all()
+        elif isinstance(settings.load_models, list):
+            for name in settings.load_models:
+                try:
+                    await repository.load(name)
+                except HubError as exc:
+                    logger.error("model %s did not load: %s", name, exc.message)
+        state["ready"] = True
+        logger.info(
+            "hub ready: %d model versions loaded from %s",
+            len(repository.loaded()),
+            settings.model_repository,
+        )
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await repository.close()
+            logger.info("hub stopped")
+
+    app = FastAPI(
+        title="hybrid-inference hub",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.repository = repository
+    app.state.metrics = metrics
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    @app.exception_handler(HubError)
+    async def _hub_error(request: Request, exc: HubError) -> JSONResponse:
+        headers = {}
+        if exc.status == 429:
+            headers["Retry-After"] = str(max(1, math.ceil(getattr(exc, "retry_after_s", 1))))
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if exc.status == 413:
+            headers["Connection"] = "close"
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(ProtocolError)
+    async def _protocol_error(request: Request, exc: ProtocolError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404:
+            message = f"no endpoint {request.url.path}"
+        return JSONResponse({"error": message}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            {"error": f"invalid request: {exc.errors()[0].get('msg', 'invalid')}"}, status_code=400
+        )
+
+    # -- access ----------------------------------------------------------------------------------
+
+    def require(scope: str) -> Callable[[Request], Awaitable[Principal | None]]:
+        async def check(request: Request) -> Principal | None:
+            if not authenticator.enabled:
+                host = request.client.host if request.client else None
+                if not _is_loopback(host):
+                    metrics.rejected.labels(reason="not_loopback").inc()
+                    raise PermissionDeniedError(
+                        "this hub has no credentials configured and serves loopback clients only"
+                    )
+                return None
+            try:
+                principal = authenticator.authenticate(request.headers)
+                authenticator.authorize(principal, scope)
+                authenticator.rate_limit(principal)
+            except HubError as exc:
+                metrics.rejected.labels(reason=type(exc).__name__).inc()
+                raise
+            return principal
+
+        return check
+
+    infer_scope = Depends(require("infer"))
+    admin_scope = Depends(require("admin"))
+
+    # -- health and metadata ---------------------------------------------------------------------
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> JSONResponse:
+        return JSONResponse({"ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+
+    @app.get("/v2", dependencies=[infer_scope])
+    async def server_metadata() -> dict[str, Any]:
+        return ServerMetadata(
+            name=settings.server_name, version=__version__, extensions=EXTENSIONS
+        ).model_dump()
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        if not settings.metrics_public:
+            await require("admin")(request)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v2/models/stats", dependencies=[infer_scope])
+    async def all_stats() -> dict[str, Any]:
+        return {"model_stats": [v.stats.as_json() for v in repository.loaded()]}
+
+    @app.get("/v2/models/{model}", dependencies=[infer_scope])
+    @app.get("/v2/models/{model}/versions/{version}", dependencies=[infer_scope])
+    async def model_metadata(model: str, version: str | None = None) -> dict[str, Any]:
+        loaded = repository.get(model, version)
+        return loaded.metadata(repository.versions(model)).model_dump(exclude_none=True)
+
+    @app.get("/v2/models/{model}/ready", dependencies=[infer_scope])
+    @app.get("/v2/models/{model}/versions/{version}/ready", dependencies=[infer_scope])
+    async def model_ready(model: str, version: str | None = None) -> dict[str, Any]:
+        repository.get(model, version)
+        return {"name": model, "ready": True}
+
+    @app.get("/v2/models/{model}/config", dependencies=[infer_scope])
+    @app.get("/v2/models/{model}/versions/{version}/config", dependencies=[infer_scope])
+    async def model_config(model: str, version: str | None = None) -> dict[str, Any]:
+        return _triton_config(repository.get(model, version))
+
+    @app.get("/v2/models/{model}/stats", dependencies=[infer_scope])
+    @app.get("/v2/models/{model}/versions/{version}/stats", dependencies=[infer_scope])
+    async def model_stats(model: str, version: str | None = None) -> dict[str, Any]:
+        if version is None:
+            repository.get(model)
+            versions = [repository.get(model, v) for v in repository.versions(model)]
+        else:
+            versions = [repository.get(model, version)]
+        return {"model_stats": [v.stats.as_json() for v in versions]}
+
+    # -- repository extension ----------------------------------------------------------------------
+
+    @app.post("/v2/repository/index", dependencies=[admin_scope])
+    async def repository_index() -> list[dict[str, str]]:
+        return repository.index()
+
+    @app.post("/v2/repository/models/{model}/load", dependencies=[admin_scope])
+    async def load_model(model: str) -> dict[str, Any]:
+        await repository.load(model)
+        return {}
+
+    @app.post("/v2/repository/models/{model}/unload", dependencies=[admin_scope])
+    async def unload_model(model: str) -> dict[str, Any]:
+        await repository.unload(model)
+        return {}
+
+    # -- inference -------------------------------------------------------------------------------
+
+    @app.post("/v2/models/{model}/infer", dependencies=[infer_scope])
+    @app.post("/v2/models/{model}/versions/{version}/infer", dependencies=[infer_scope])
+    async def infer(request: Request, model: str, version: str | None = None) -> Response:
+        if not state["ready"]:
+            raise UnavailableError("the hub is not ready")
+        body = await request.body()
+        decoded = decode_request(body, request.headers.get(HEADER_LENGTH_HEADER), limits=limits)
+        loaded = repository.get(model, version)
+        req = decoded.request
+        wanted = [o.name for o in req.outputs or []]
+        timeout_s = _timeout_s(req.parameters or {})
+        result = await loaded.infer(decoded.tensors, outputs=wanted, timeout_s=timeout_s)
+        result = _classify(loaded, req.outputs or [], result)
+        encoded = encode_response(
+            result,
+            model_name=model,
+            model_version=str(loaded.version),
+            id=req.id,
+            parameters={"served_by": "cloud"},
+            binary={name: wants_binary_output(req, name) for name in result},
+        )
+        headers = {}
+        media_type = "application/json"
+        if encoded.header_length is not None:
+            headers[HEADER_LENGTH_HEADER] = str(encoded.header_length)
+            media_type = "application/octet-stream"
+        return Response(encoded.to_bytes(), media_type=media_type, headers=headers)
+
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.payload_max_bytes, metrics=metrics)
+    return app
+
+
+def _timeout_s(parameters: dict[str, Any]) -> float | None:
+    """Triton's per-request ``timeout`` parameter, in microseconds."""
+    value = parameters.get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequestError(
+            f"parameters.timeout must be a non-negative integer of microseconds, got {value!r}"
+        )
+    return value / 1e6 or None
+
+
+def _classify(
+    loaded: LoadedVersion, outputs: list[Any], result: dict[str, np.ndarray[Any, Any]]
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Triton's classification extension: ``parameters.classification: k`` on an output asks
+    for its top k as ``"score:index[:label]"`` strings instead of the raw scores."""
+    for out in outputs:
+        k = (out.parameters or {}).get("classification")
+        if k is None:
+            continue
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise BadRequestError(f"output {out.name!r}: classification must be a positive integer")
+        scores = result[out.name]
+        batched = loaded.config.max_batch_size > 0
+        rows = scores.reshape(scores.shape[0], -1) if batched else scores.reshape(1, -1)
+        k = min(k, rows.shape[1])
+        order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :k]
+        labels = loaded.labels or []
+        table = np.empty((rows.shape[0], k), dtype=object)
+        for r in range(rows.shape[0]):
+            for c, index in enumerate(order[r]):
+                text = f"{float(rows[r, index]):f}:{int(index)}"
+                if int(index) < len(labels):
+                    text += f":{labels[int(index)]}"
+                table[r, c] = text.encode()
+        result[out.name] = table if batched else table.reshape(k)
+    return result
+
+
+def _triton_config(loaded: LoadedVersion) -> dict[str, Any]:
+    config = loaded.config
+
+    def tensor(t: Any) -> dict[str, Any]:
+        return {"name": t.name, "data_type": _TRITON_TYPES[t.datatype], "dims": list(t.dims)}
+
+    out: dict[str, Any] = {
+        "name": loaded.model,
+        "platform": loaded.platform,
+        "backend": config.backend,
+        "max_batch_size": config.max_batch_size,
+        "input": [tensor(t) for t in loaded.inputs],
+        "output": [tensor(t) for t in loaded.outputs],
+        "instance_group": [{"count": config.instance_count, "kind": "KIND_AUTO"}],
+        "runtime": loaded.backend.name,
+    }
+    policy = config.version_policy
+    if policy.all:
+        out["version_policy"] = {"all": {}}
+    elif policy.specific is not None:
+        out["version_policy"] = {"specific": {"versions": policy.specific}}
+    else:
+        out["version_policy"] = {"latest": {"num_versions": policy.latest or 1}}
+    if config.dynamic_batching is not None:
+        out["dynamic_batching"] = {
+            "preferred_batch_size": config.dynamic_batching.preferred_batch_sizes,
+            "max_queue_delay_microseconds": config.dynamic_batching.max_queue_delay_us,
+            "default_queue_policy": {
+                "max_queue_size": config.dynamic_batching.max_queue_size,
+                "default_timeout_microseconds": config.dynamic_batching.default_timeout_us,
+            },
+        }
+    if config.response_cache.enabled:
+        out["response_cache"] = {"enable": True}
+    return out

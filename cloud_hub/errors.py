@@ -1,0 +1,103 @@
+"""Errors of the cloud hub. Each carries the HTTP status it is answered with.
+
+    HubError                       (status 500)
+     ├── ConfigError               bad settings or model config.yaml (at start or load)
+     ├── BadRequestError           400: a request the model cannot take (names, shapes, dtypes)
+     ├── AuthenticationError       401: no or wrong credentials
+     ├── PermissionDeniedError     403: credentials without the needed scope, or a remote
+     │                             client while the hub serves loopback only
+     ├── ModelNotFoundError        404: unknown model or version, or not loaded
+     ├── PayloadTooLargeError      413: body over the limit
+     ├── RateLimitedError          429: per-key rate limit; ``retry_after_s``
+     ├── UnavailableError          503: not ready, draining, or a model being unloaded
+     │    ├── QueueFullError       503: the model's batching queue is full
+     │    └── RequestTimeoutError  503: the request's deadline passed before it ran
+     ├── ModelLoadError            a model file that cannot be loaded (the old version keeps serving)
+     │    └── BackendUnavailableError  the backend's runtime or hardware is missing (TensorRT, GPU)
+     └── InferenceError            500: the backend failed on a valid request
+
+Wire-format errors are :class:`protocols.ProtocolError` and keep their own status (400 or 413).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "BackendUnavailableError",
+    "BadRequestError",
+    "ConfigError",
+    "HubError",
+    "InferenceError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "QueueFullError",
+    "RateLimitedError",
+    "RequestTimeoutError",
+    "UnavailableError",
+]
+
+
+class HubError(Exception):
+    status: int = 500
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class ConfigError(HubError):
+    pass
+
+
+class BadRequestError(HubError):
+    status = 400
+
+
+class AuthenticationError(HubError):
+    status = 401
+
+
+class PermissionDeniedError(HubError):
+    status = 403
+
+
+class ModelNotFoundError(HubError):
+    status = 404
+
+
+class PayloadTooLargeError(HubError):
+    status = 413
+
+
+class RateLimitedError(HubError):
+    status = 429
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UnavailableError(HubError):
+    status = 503
+
+
+class QueueFullError(UnavailableError):
+    pass
+
+
+class RequestTimeoutError(UnavailableError):
+    pass
+
+
+class ModelLoadError(HubError):
+    pass
+
+
+class BackendUnavailableError(ModelLoadError):
+    pass
+
+
+class InferenceError(HubError):
+    pass

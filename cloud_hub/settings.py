@@ -1,0 +1,172 @@
+"""Hub settings: defaults < a YAML file (``--config``) < ``HYBRID_HUB_*`` variables < flags.
+
+Nested fields use ``__`` in variable names: ``HYBRID_HUB_LIMITS__PAYLOAD_MAX_BYTES=1048576``.
+Everything is validated when the settings are built, so a bad value stops the hub at start with a
+message that names the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from protocols import Limits
+
+from .errors import ConfigError
+
+__all__ = [
+    "ApiKey",
+    "AuthSettings",
+    "HubSettings",
+    "JwtSettings",
+    "LimitsSettings",
+    "load_settings",
+]
+
+Scope = Literal["infer", "admin"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiKey(_Section):
+    name: Annotated[str, Field(min_length=1)]
+    """Who holds the key; it labels logs and rate limits, never the key itself."""
+    key: SecretStr
+    scopes: list[Scope] = Field(default_factory=lambda: list[Scope](["infer"]))
+    rate_limit_per_s: Annotated[float, Field(gt=0)] | None = None
+    """Sustained requests per second; ``None`` for no limit."""
+    burst: Annotated[int, Field(ge=1)] | None = None
+    """Requests allowed at once above the rate; defaults to one second's worth."""
+
+    @model_validator(mode="after")
+    def _long_enough(self) -> ApiKey:
+        if len(self.key.get_secret_value()) < 16:
+            raise ValueError(f"API key {self.name!r} is shorter than 16 characters")
+        return self
+
+
+class JwtSettings(_Section):
+    """Bearer tokens signed by an identity provider; scopes from a claim."""
+
+    secret: SecretStr | None = None
+    """Shared secret for HS256/384/512."""
+    public_key_file: Path | None = None
+    """PEM public key for RS*/ES*/EdDSA."""
+    algorithms: list[str] = Field(default_factory=lambda: ["HS256"])
+    audience: str | None = None
+    issuer: str | None = None
+    scope_claim: str = "scope"
+    """A space-separated string or a list of scopes."""
+    rate_limit_per_s: Annotated[float, Field(gt=0)] | None = None
+    burst: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> JwtSettings:
+        if (self.secret is None) == (self.public_key_file is None):
+            raise ValueError("set exactly one of jwt.secret and jwt.public_key_file")
+        if self.public_key_file is not None and not self.public_key_file.is_file():
+            raise ValueError(f"jwt.public_key_file {self.public_key_file} does not exist")
+        return self
+
+
+class AuthSettings(_Section):
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    jwt: JwtSettings | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys) or self.jwt is not None
+
+
+class LimitsSettings(_Section):
+    """The wire limits (see docs/protocol.md); the body limit is ``payload_max_bytes``."""
+
+    payload_max_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    header_max_bytes: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024
+    tensor_max_elements: Annotated[int, Field(gt=0)] = 1 << 26
+    tensor_max_dims: Annotated[int, Field(gt=0)] = 16
+    bytes_element_max_bytes: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024
+    tensors_max: Annotated[int, Field(gt=0)] = 256
+
+    def to_limits(self) -> Limits:
+        return Limits(**self.model_dump())
+
+
+class HubSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HYBRID_HUB_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    model_repository: Path
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    load_models: Literal["all", "none"] | list[str] = "all"
+    """Models loaded at start: every folder, none (load them through the API), or these."""
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    metrics_public: bool = True
+    """Serve /metrics without credentials (Prometheus scrapers usually have none)."""
+    graceful_shutdown_s: Annotated[float, Field(ge=0)] = 30.0
+    """How long in-flight requests may take to finish after SIGTERM."""
+    server_name: str = "hybrid-inference-hub"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _check(self) -> HubSettings:
+        if not self.model_repository.is_dir():
+            raise ValueError(f"model_repository {self.model_repository} is not a directory")
+        return self
+
+    @property
+    def loopback_only(self) -> bool:
+        """With no credentials configured, only loopback clients are served."""
+        return not self.auth.enabled
+
+    def host_is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> HubSettings:
+    """Build settings from the layers; :class:`ConfigError` lists every bad field."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+
+    class _Layered(HubSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            return tuple(sources)
+
+    try:
+        return _Layered(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(str(p) for p in e['loc']) or '(settings)'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid hub settings:\n{problems}") from None

@@ -1,0 +1,105 @@
+"""Start a real ``cloud-hub serve`` process on a free loopback port, and write model repositories."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.broker import free_port
+
+
+def add_model(
+    repo: Path,
+    name: str,
+    config: Mapping[str, Any],
+    build: Callable[[Path], Path],
+    *,
+    version: int = 1,
+    filename: str = "model.onnx",
+) -> Path:
+    folder = repo / name
+    (folder / str(version)).mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(dict(config)))
+    return build(folder / str(version) / filename)
+
+
+def console_script(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+@dataclass
+class HubProcess:
+    repository: Path
+    workdir: Path
+    config: Mapping[str, Any] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> str:
+        path = self.workdir / "hub.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        args = [
+            console_script("cloud-hub"),
+            "serve",
+            "--model-repository",
+            str(self.repository),
+            "--port",
+            str(self.port),
+        ]
+        if self.config is not None:
+            conf = self.workdir / "hub.yaml"
+            conf.write_text(yaml.safe_dump(json.loads(json.dumps(self.config))))
+            args += ["--config", str(conf)]
+        log = (self.workdir / "hub.log").open("ab")
+        self.process = subprocess.Popen(
+            args, stdout=log, stderr=log, env={**os.environ, **self.env}
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"cloud-hub exited with {self.process.returncode}:\n{self.log}")
+            try:
+                with urllib.request.urlopen(
+                    f"http://{self.url}/v2/health/ready", timeout=1
+                ) as reply:
+                    if reply.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"cloud-hub not ready after {timeout_s}s:\n{self.log}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
