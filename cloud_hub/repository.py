@@ -248,8 +248,11 @@ class ModelRepository:
     def discover(self) -> list[str]:
         names = []
         for path in sorted(self.root.iterdir()):
-            if path.is_dir() and _NAME.match(path.name) and (path / "config.yaml").is_file():
-                names.append(path.name)
+            try:
+                self.folder(path.name)
+            except ModelNotFoundError:
+                continue
+            names.append(path.name)
         return names
 
     def index(self) -> list[dict[str, str]]:

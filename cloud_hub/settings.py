@@ -11,7 +11,15 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -122,11 +130,12 @@ class HubSettings(BaseSettings):
     server_name: str = "hybrid-inference-hub"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @model_validator(mode="after")
-    def _check(self) -> HubSettings:
-        if not self.model_repository.is_dir():
-            raise ValueError(f"model_repository {self.model_repository} is not a directory")
-        return self
+    @field_validator("model_repository")
+    @classmethod
+    def _repository_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value
 
     @property
     def loopback_only(self) -> bool:
