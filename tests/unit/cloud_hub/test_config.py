@@ -84,7 +84,7 @@ def test_settings_errors_list_every_field(tmp_path: Path) -> None:
     assert "model_repository: Value error, " in info.value.message
     assert "missing is not a directory" in info.value.message
     assert "port: Input should be less than or equal to 65535" in info.value.message
-    with pytest.raises(ConfigError, match="config file .* does not exist"):
+    with pytest.raises(ConfigError, match=r"config file .* does not exist"):
         load_settings(tmp_path / "nope.yaml")
 
 
