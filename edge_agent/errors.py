@@ -1,0 +1,109 @@
+"""Errors of the edge agent: one root, one subclass per category of failure.
+
+``status`` is the HTTP status the local API answers with, so one handler maps the whole tree onto
+``{"error": "..."}``. Third-party failures (an interpreter's ``ValueError``, a socket's
+``OSError``) are wrapped where they happen, so a caller never sees a bare library traceback for a
+known failure; the original stays on ``__cause__``.
+
+    AgentError                       (status 500)
+     ├── ConfigError                 bad configuration file, environment variable or address
+     ├── RuntimeUnavailableError     no TFLite interpreter package can be imported
+     ├── ModelLoadError              model file missing, corrupt, or with an unsupported tensor
+     ├── ModelNotFoundError          no model (or model version) by that name (404)
+     ├── UnavailableError            the agent is draining or busy (503)
+     │    └── ModelNotReadyError     the model is loading, or failed to load: carries the reason
+     ├── InputError                  inputs that do not fit the model: names, datatypes, shapes (400)
+     ├── InferenceError              the interpreter failed while running the model
+     ├── HttpRequestError            an HTTP request the local API cannot route or read (404, 405, 411)
+     └── ClientError                 raised by :class:`edge_agent.client.EdgeClient`
+          ├── ResponseError          the agent answered ``{"error": ...}``; carries the status
+          └── ConnectError           the agent could not be reached, or broke the connection
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentError",
+    "ClientError",
+    "ConfigError",
+    "ConnectError",
+    "HttpRequestError",
+    "InferenceError",
+    "InputError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelNotReadyError",
+    "ResponseError",
+    "RuntimeUnavailableError",
+    "UnavailableError",
+]
+
+
+class AgentError(Exception):
+    """Root of every error the edge agent raises. ``str(err)`` is safe to show a caller."""
+
+    status: int = 500
+
+
+class ConfigError(AgentError):
+    """The configuration file, an ``HYBRID_AGENT_*`` variable or an address is invalid."""
+
+
+class RuntimeUnavailableError(AgentError):
+    """None of the TFLite interpreter packages (or not the one asked for) can be imported."""
+
+
+class ModelLoadError(AgentError):
+    """A model could not be loaded: missing or corrupt file, unsupported tensor, failed warm-up."""
+
+
+class ModelNotFoundError(AgentError):
+    """No model by that name, or the model does not serve the version asked for."""
+
+    status = 404
+
+
+class UnavailableError(AgentError):
+    """The agent cannot take the request now (draining, or every worker busy); retry later."""
+
+    status = 503
+
+
+class ModelNotReadyError(UnavailableError):
+    """The model is configured but not serving: still loading, or its load failed."""
+
+
+class InputError(AgentError):
+    """Inputs that do not fit the model: unknown or missing names, datatype, shape."""
+
+    status = 400
+
+
+class InferenceError(AgentError):
+    """The interpreter failed while running a model on valid inputs."""
+
+
+class HttpRequestError(AgentError):
+    """An HTTP request the local API cannot take: no such path, wrong method, no length."""
+
+    def __init__(self, message: str, *, status: int, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.headers = headers or {}
+        super().__init__(message)
+
+
+class ClientError(AgentError):
+    """Raised by :class:`~edge_agent.client.EdgeClient`."""
+
+
+class ResponseError(ClientError):
+    """The agent answered with ``{"error": ...}``; ``status`` is the HTTP status it sent."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        self.message = message
+        self.status = status
+        super().__init__(f"HTTP {status}: {message}")
+
+
+class ConnectError(ClientError):
+    """The agent could not be reached, or the connection broke before a full answer came."""
