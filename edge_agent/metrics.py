@@ -1,0 +1,136 @@
+"""Prometheus metrics of the agent, in a registry of its own (never the global one), so tests and
+embedding programs can run several agents in one process without clashing.
+
+Label values are only ever configured model names (or ``_unknown``), never a name taken from a
+request path, so a caller cannot grow the series without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import start_http_server
+
+from .addresses import TcpAddress
+from .errors import ConfigError
+
+__all__ = ["UNKNOWN_MODEL", "AgentMetrics", "MetricsServer", "ModelMetrics"]
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN_MODEL = "_unknown"
+LATENCY_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelMetrics:
+    """One model's series, bound once so the request path does no label lookups."""
+
+    requests_edge: Counter
+    inference_edge: Histogram
+    http_seconds: Histogram
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "edge_agent_requests",
+            "Inference requests answered, by model and where they were served.",
+            ["model", "served_by"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "edge_agent_request_errors",
+            "Inference requests that failed, by model and kind of error.",
+            ["model", "error"],
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "edge_agent_inference_seconds",
+            "Time to answer an inference (input checks, waiting for a worker, running), by model.",
+            ["model", "served_by"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "edge_agent_http_request_seconds",
+            "Time to handle an HTTP inference request, from its headers to the last byte sent.",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.runtime = Info("edge_agent_runtime", "The TFLite interpreter in use.", registry=r)
+        self.models_loaded = Gauge(
+            "edge_agent_models_loaded", "Models loaded and serving.", registry=r
+        )
+        self.model_ready = Gauge(
+            "edge_agent_model_ready",
+            "1 if the model serves, 0 if it is loading or failed.",
+            ["model"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "edge_agent_in_flight_requests", "HTTP inference requests being handled.", registry=r
+        )
+        self.draining = Gauge(
+            "edge_agent_draining",
+            "1 once a stop was asked and in-flight requests finish.",
+            registry=r,
+        )
+        self._models: dict[str, ModelMetrics] = {}
+
+    def model(self, name: str) -> ModelMetrics:
+        bound = self._models.get(name)
+        if bound is None:
+            bound = ModelMetrics(
+                requests_edge=self.requests.labels(model=name, served_by="edge"),
+                inference_edge=self.inference_seconds.labels(model=name, served_by="edge"),
+                http_seconds=self.http_seconds.labels(model=name),
+            )
+            self._models[name] = bound
+        return bound
+
+    def error(self, model: str, kind: str) -> None:
+        self.errors.labels(model=model, error=kind).inc()
+
+    def set_runtime(self, name: str, version: str) -> None:
+        self.runtime.info({"runtime": name, "version": version})
+
+
+class MetricsServer:
+    """``/metrics`` on its own TCP address, served by prometheus-client's thread."""
+
+    def __init__(self, metrics: AgentMetrics, address: TcpAddress) -> None:
+        try:
+            self._server, self._thread = start_http_server(
+                address.port, addr=address.host, registry=metrics.registry
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from exc
+        self.port = int(self._server.server_port)
+        logger.info("metrics on http://%s:%d/metrics", address.host, self.port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

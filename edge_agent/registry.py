@@ -1,0 +1,146 @@
+"""The configured models and the state of each: loading, ready, or failed with a reason.
+
+A model that fails to load stays in the registry as ``failed`` with its reason, so status, metrics
+and ``/v2/models/{m}/ready`` can say why, while the other models serve.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from .config import ModelConfig
+from .errors import ModelLoadError, ModelNotFoundError, ModelNotReadyError
+from .models import LoadedModel, load_model
+from .runtime import RuntimeInfo
+
+__all__ = ["ModelRegistry", "ModelState", "ModelStatus"]
+
+logger = logging.getLogger(__name__)
+
+
+class ModelState(str, enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelStatus:
+    name: str
+    version: str
+    state: ModelState
+    path: str
+    error: str | None = None
+    """Why the load failed (``failed`` only)."""
+
+
+class ModelRegistry:
+    """Configured models by name. Reads are lock-free; loads replace entries whole."""
+
+    def __init__(self, configs: Sequence[ModelConfig]) -> None:
+        self._configs = {config.name: config for config in configs}
+        self._loaded: dict[str, LoadedModel] = {}
+        self._status = {
+            config.name: ModelStatus(
+                name=config.name,
+                version=config.version,
+                state=ModelState.LOADING,
+                path=str(config.path),
+            )
+            for config in configs
+        }
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._configs)
+
+    def knows(self, name: str) -> bool:
+        return name in self._configs
+
+    def load_all(
+        self,
+        runtime: RuntimeInfo | None,
+        *,
+        runtime_error: str | None = None,
+        worker_timeout_s: float = 30.0,
+    ) -> None:
+        """Load every model in config order; a failure is recorded and logged, never raised."""
+        for name, config in self._configs.items():
+            if runtime is None:
+                self._fail(config, runtime_error or "no TFLite runtime")
+                continue
+            try:
+                model = load_model(config, runtime, worker_timeout_s=worker_timeout_s)
+            except ModelLoadError as exc:
+                self._fail(config, str(exc))
+                continue
+            with self._lock:
+                self._loaded[name] = model
+                self._status[name] = ModelStatus(
+                    name=name, version=config.version, state=ModelState.READY, path=str(config.path)
+                )
+            logger.info(
+                "model %s ready: %s, %d worker(s), %d thread(s) each, inputs %s",
+                name,
+                config.path,
+                model.worker_count,
+                config.threads,
+                ", ".join(
+                    f"{s.name} {s.datatype.value}{list(s.shape)}" for s in model.signature.inputs
+                ),
+            )
+
+    def _fail(self, config: ModelConfig, reason: str) -> None:
+        prefix = f"model {config.name!r}: "
+        reason = reason.removeprefix(prefix)
+        logger.error("model %s failed to load: %s", config.name, reason)
+        with self._lock:
+            self._status[config.name] = ModelStatus(
+                name=config.name,
+                version=config.version,
+                state=ModelState.FAILED,
+                path=str(config.path),
+                error=reason,
+            )
+
+    def get(self, name: str, version: str | None = None) -> LoadedModel:
+        """The model ready to serve, or :class:`ModelNotFoundError` / :class:`ModelNotReadyError`."""
+        model = self._loaded.get(name)
+        if model is None:
+            self.raise_not_serving(name)
+        if version is not None and version != model.version:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version!r}; it serves version {model.version!r}"
+            )
+        return model
+
+    def raise_not_serving(self, name: str) -> NoReturn:
+        status = self._status.get(name)
+        if status is None:
+            known = ", ".join(map(repr, self._configs)) or "none"
+            raise ModelNotFoundError(f"unknown model {name!r}; models here: {known}")
+        if status.state is ModelState.LOADING:
+            raise ModelNotReadyError(f"model {name!r} is still loading")
+        raise ModelNotReadyError(f"model {name!r} failed to load: {status.error}")
+
+    def status(self, name: str) -> ModelStatus | None:
+        return self._status.get(name)
+
+    def statuses(self) -> tuple[ModelStatus, ...]:
+        return tuple(self._status.values())
+
+    def loaded(self) -> tuple[LoadedModel, ...]:
+        return tuple(self._loaded.values())
+
+    def close(self) -> None:
+        with self._lock:
+            models = list(self._loaded.values())
+            self._loaded.clear()
+        for model in models:
+            model.close()
