@@ -1,1 +1,49 @@
-"""The device daemon: local LiteRT inference with fallback to the cloud over MQTT."""
+"""The device daemon: local LiteRT inference with fallback to the cloud over MQTT.
+
+    config.py      AgentConfig: YAML + HYBRID_AGENT_* environment, validated when built
+    runtime/       interpreter backends (ai_edge_litert, tflite_runtime, tensorflow.lite)
+    models.py      a loaded model: signature, input checks, one interpreter per worker
+    registry.py    configured models and their state (loading, ready, failed + reason)
+    router.py      where a request is answered (edge today; the cloud fallback plugs in here)
+    api/           the local Open Inference Protocol v2 HTTP API (standard library server)
+    metrics.py     Prometheus metrics in the agent's own registry
+    lifecycle.py   the request gate that drains in-flight requests on SIGTERM
+    agent.py       Agent: start/stop, run(config), check(config)
+    client.py      EdgeClient: a small keep-alive HTTP client for apps on the device
+    cli.py         the edge-agent command
+    errors.py      AgentError and its subclasses
+
+Importing this package imports no interpreter; the runtime is chosen when the agent starts.
+"""
+
+from .errors import (
+    AgentError,
+    ClientError,
+    ConfigError,
+    ConnectError,
+    HttpRequestError,
+    InferenceError,
+    InputError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    ResponseError,
+    RuntimeUnavailableError,
+    UnavailableError,
+)
+
+__all__ = [
+    "AgentError",
+    "ClientError",
+    "ConfigError",
+    "ConnectError",
+    "HttpRequestError",
+    "InferenceError",
+    "InputError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelNotReadyError",
+    "ResponseError",
+    "RuntimeUnavailableError",
+    "UnavailableError",
+]

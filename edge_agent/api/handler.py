@@ -1,0 +1,377 @@
+"""The local API's HTTP/1.1 handler (standard library only: no web framework on the device).
+
+Connections are kept alive. Every answer is written with one ``write`` (headers and body
+together) and ``TCP_NODELAY`` set, so small answers do not wait on Nagle's algorithm. A body is
+refused by its ``Content-Length`` before it is read (413); after any answer sent without reading
+the request's body, the connection is closed so the unread bytes are never taken for a request.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Protocol, cast
+
+from protocols import (
+    HEADER_LENGTH_HEADER,
+    Limits,
+    PayloadTooLargeError,
+    ProtocolError,
+    decode_request,
+    encode_response,
+    parse_header_length,
+    wants_binary_output,
+)
+
+from ..errors import AgentError, HttpRequestError, InputError, ModelNotReadyError
+from ..lifecycle import RequestGate
+from ..metrics import UNKNOWN_MODEL, AgentMetrics
+from ..registry import ModelRegistry, ModelState
+from ..router import Router
+from .classification import CLASSIFICATION, classification_count, classify
+from .routes import Endpoint, Route, match_route
+
+__all__ = ["EXTENSIONS", "ApiContext", "ApiHandler"]
+
+logger = logging.getLogger(__name__)
+
+EXTENSIONS = ("binary_tensor_data", "classification")
+JSON = "application/json"
+OCTET_STREAM = "application/octet-stream"
+Buffer = bytes | bytearray | memoryview
+LINGER_S = 2.0
+LINGER_MAX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApiContext:
+    """What the handler needs from the agent; one per server."""
+
+    registry: ModelRegistry
+    router: Router
+    metrics: AgentMetrics
+    gate: RequestGate
+    limits: Limits
+    server_name: str
+    server_version: str
+    status: Callable[[], dict[str, Any]]
+    idle_timeout_s: float
+
+
+class _HasContext(Protocol):
+    context: ApiContext
+
+
+class _ClientGoneError(Exception):
+    """The client went away mid-request; there is nobody to answer."""
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
+class ApiHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "edge-agent"
+    sys_version = ""
+
+    context: ApiContext
+    _unread_body: bool = False
+    _linger: bool = False
+
+    def setup(self) -> None:
+        self.context = cast(_HasContext, self.server).context
+        super().setup()
+        self.connection.settimeout(self.context.idle_timeout_s)  # idle keep-alive connections
+        if self.connection.family in (socket.AF_INET, socket.AF_INET6):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def do_PATCH(self) -> None:
+        self._dispatch()
+
+    def handle_expect_100(self) -> bool:
+        """Refuse an oversized body before the client sends it (curl waits for 100 Continue)."""
+        try:
+            length = self._declared_length()
+        except HttpRequestError:
+            length = None
+        if length is not None and length > self.context.limits.payload_max_bytes:
+            self._unread_body = True
+            self._send_json(413, {"error": str(self._too_large(length))}, close=True)
+            return False
+        return super().handle_expect_100()
+
+    def _dispatch(self) -> None:
+        self._unread_body = "Transfer-Encoding" in self.headers or self.headers.get(
+            "Content-Length", "0"
+        ).strip() not in ("", "0")
+        try:
+            route = match_route(self.command, self.path)
+            if route.endpoint is Endpoint.INFER:
+                self._infer(route)
+                return
+            status, payload = self._get(route)
+            self._send_json(status, payload)
+        except HttpRequestError as exc:
+            self._send_json(exc.status, {"error": str(exc)}, headers=exc.headers)
+        except (AgentError, ProtocolError) as exc:
+            self._send_json(exc.status, {"error": str(exc)})
+        except _ClientGoneError:
+            self.close_connection = True
+        except Exception:
+            logger.exception("internal error on %s %s", self.command, self.path)
+            self._send_json(500, {"error": "internal error; the agent's log has the details"})
+
+    # -- GET endpoints ----------------------------------------------------------------------
+
+    def _get(self, route: Route) -> tuple[int, dict[str, Any]]:
+        ctx = self.context
+        if route.endpoint is Endpoint.LIVE:
+            return 200, {"live": True}
+        if route.endpoint is Endpoint.READY:
+            reason = self._not_ready_reason()
+            if reason is None:
+                return 200, {"ready": True}
+            return 503, {"ready": False, "error": reason}
+        if route.endpoint is Endpoint.SERVER_METADATA:
+            return 200, {
+                "name": ctx.server_name,
+                "version": ctx.server_version,
+                "extensions": list(EXTENSIONS),
+            }
+        if route.endpoint is Endpoint.STATUS:
+            return 200, ctx.status()
+        assert route.model is not None
+        if route.endpoint is Endpoint.MODEL_READY:
+            try:
+                ctx.registry.get(route.model, route.version)
+            except ModelNotReadyError as exc:
+                return 503, {"name": route.model, "ready": False, "error": str(exc)}
+            return 200, {"name": route.model, "ready": True}
+        model = ctx.registry.get(route.model, route.version)
+        return 200, model.metadata().model_dump(mode="json", exclude_none=True)
+
+    def _not_ready_reason(self) -> str | None:
+        ctx = self.context
+        if ctx.gate.draining:
+            return "the agent is draining before it stops"
+        states = [status.state for status in ctx.registry.statuses()]
+        if ModelState.LOADING in states:
+            return "models are still loading"
+        if not states:
+            return "no models are configured"
+        if ModelState.READY not in states:
+            return "no model loaded; /status has the reasons"
+        return None
+
+    # -- inference --------------------------------------------------------------------------
+
+    def _infer(self, route: Route) -> None:
+        ctx = self.context
+        start = time.perf_counter()
+        assert route.model is not None
+        label = route.model if ctx.registry.knows(route.model) else UNKNOWN_MODEL
+        if not ctx.gate.enter():
+            ctx.metrics.error(label, "draining")
+            self._send_json(
+                503,
+                {"error": "the agent is draining before it stops; retry on a new connection later"},
+                close=True,
+            )
+            return
+        ctx.metrics.in_flight.inc()
+        try:
+            self._run_infer(route, route.model, label, start)
+        finally:
+            ctx.metrics.in_flight.dec()
+            ctx.gate.exit()
+
+    def _run_infer(self, route: Route, model: str, label: str, start: float) -> None:
+        ctx = self.context
+        try:
+            body = self._read_body()
+            header_length = parse_header_length(self.headers.get(HEADER_LENGTH_HEADER), len(body))
+            decoded = decode_request(body, header_length, limits=ctx.limits)
+            request = decoded.request
+            wanted = [out.name for out in request.outputs] if request.outputs else None
+            classes = {
+                out.name: classification_count(out.name, out.parameters[CLASSIFICATION])
+                for out in request.outputs or ()
+                if out.parameters and CLASSIFICATION in out.parameters
+            }
+        except (ProtocolError, HttpRequestError, InputError) as exc:
+            ctx.metrics.error(label, "too_large" if exc.status == 413 else "bad_request")
+            headers = exc.headers if isinstance(exc, HttpRequestError) else None
+            self._send_json(exc.status, {"error": str(exc)}, headers=headers)
+            return
+        try:
+            result = ctx.router.infer(model, decoded.tensors, version=route.version, outputs=wanted)
+            outputs = result.outputs
+            if classes:
+                labels = ctx.registry.get(result.model_name).labels
+                outputs = dict(outputs)
+                for name, count in classes.items():
+                    outputs[name] = classify(outputs[name], count, labels)
+        except AgentError as exc:  # counted by the router
+            self._send_json(exc.status, {"error": str(exc)})
+            return
+        binary = {name: wants_binary_output(request, name) for name in outputs}
+        encoded = encode_response(
+            outputs,
+            model_name=result.model_name,
+            model_version=result.model_version,
+            id=request.id,
+            parameters=dict(result.parameters),
+            binary=binary,
+        )
+        headers = {}
+        if encoded.header_length is not None:
+            headers[HEADER_LENGTH_HEADER] = str(encoded.header_length)
+        self._send(
+            200,
+            [encoded.header, *encoded.binary],
+            content_type=OCTET_STREAM if encoded.binary else JSON,
+            headers=headers,
+        )
+        ctx.metrics.model(result.model_name).http_seconds.observe(time.perf_counter() - start)
+
+    def _declared_length(self) -> int | None:
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            return None
+        text = raw.strip()
+        if not text.isdigit():
+            raise HttpRequestError(f"Content-Length must be an integer, got {raw!r}", status=400)
+        return int(text)
+
+    def _too_large(self, length: int) -> PayloadTooLargeError:
+        limit = self.context.limits.payload_max_bytes
+        return PayloadTooLargeError(f"request body is {length} bytes; the limit is {limit}")
+
+    def _read_body(self) -> bytes:
+        if "Transfer-Encoding" in self.headers:
+            raise HttpRequestError(
+                "chunked request bodies are not supported; send Content-Length", status=411
+            )
+        length = self._declared_length()
+        if length is None:
+            raise HttpRequestError("Content-Length is required", status=411)
+        if length > self.context.limits.payload_max_bytes:
+            raise self._too_large(length)
+        try:
+            body = self.rfile.read(length)
+        except OSError as exc:  # idle timeout or reset mid-body
+            self.close_connection = True
+            raise _ClientGoneError from exc
+        self._unread_body = False
+        if len(body) != length:
+            self.close_connection = True
+            raise HttpRequestError(
+                f"the body ended after {len(body)} of the {length} bytes in Content-Length",
+                status=400,
+            )
+        return body
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _send_json(
+        self,
+        status: int,
+        payload: dict[str, Any],
+        *,
+        headers: dict[str, str] | None = None,
+        close: bool = False,
+    ) -> None:
+        body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        self._send(status, [body], content_type=JSON, headers=headers, close=close)
+
+    def _send(
+        self,
+        status: int,
+        parts: Sequence[Buffer],
+        *,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+        close: bool = False,
+    ) -> None:
+        if close or self._unread_body:
+            self.close_connection = True
+            self._linger = self._unread_body
+        length = sum(memoryview(part).nbytes for part in parts)
+        lines = [
+            f"{self.protocol_version} {status} {HTTPStatus(status).phrase}",
+            f"Server: {self.server_version}",
+            f"Date: {_http_date()}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {length}",
+        ]
+        lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.wfile.write(b"".join([head, *parts]))
+        self.log_request(status)
+
+    def finish(self) -> None:
+        super().finish()
+        if self._linger:
+            self._discard_unread_body()
+
+    def _discard_unread_body(self) -> None:
+        """Read (and drop) what the client still sends after an early answer, for a moment.
+
+        Closing a socket with unread bytes makes the kernel send a reset, which can destroy our
+        answer in the client's buffers before it reads it: the 413 would be lost.
+        """
+        deadline = time.monotonic() + LINGER_S
+        left = LINGER_MAX_BYTES
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            while left > 0 and (remaining_s := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(remaining_s)
+                chunk = self.connection.recv(min(left, 1 << 16))
+                if not chunk:
+                    return
+                left -= len(chunk)
+        except OSError:
+            return
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s " + format, self._peer(), *args)
+
+    def log_error(self, format: str, *args: Any) -> None:
+        logger.info("%s " + format, self._peer(), *args)
+
+    def _peer(self) -> str:
+        address = self.client_address
+        if isinstance(address, tuple) and address:
+            return str(address[0])
+        return "local"
