@@ -1,20 +1,18 @@
 """The hub's HTTP API: the Open Inference Protocol v2, Triton's extensions, and /metrics.
 
-``create_app(settings)`` builds the FastAPI application; its lifespan loads the repository at
-start and drains it at shutdown. Every failure is answered as ``{"error": "..."}`` with the
-status its error class carries.
+``create_app(settings)`` builds the ASGI application: the inference path
+(:mod:`cloud_hub.fastpath`) in front of a FastAPI app for everything else, whose lifespan loads
+the repository at start and drains it at shutdown. Every failure is answered as
+``{"error": "..."}`` with the status its error class carries.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -23,26 +21,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocols import (
-    HEADER_LENGTH_HEADER,
     Datatype,
     ProtocolError,
     ServerMetadata,
-    decode_request,
-    encode_response,
-    wants_binary_output,
 )
 
 from . import __version__
-from .auth import Authenticator, Principal
-from .errors import (
-    BadRequestError,
-    HubError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    UnavailableError,
-)
+from .access import Access
+from .auth import Principal
+from .errors import HubError, PayloadTooLargeError, error_headers
+from .fastpath import InferencePath
 from .metrics import HubMetrics
 from .repository import LoadedVersion, ModelRepository
+from .service import InferenceService
 from .settings import HubSettings
 
 __all__ = ["EXTENSIONS", "create_app"]
@@ -100,19 +91,10 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def create_app(settings: HubSettings) -> FastAPI:
+def create_app(settings: HubSettings) -> ASGIApp:
     metrics = HubMetrics()
     limits = settings.limits.to_limits()
-    authenticator = Authenticator(settings.auth)
+    access = Access(settings.auth, metrics)
     state: dict[str, Any] = {"ready": False}
     repository = ModelRepository(
         settings.model_repository, metrics, drain_timeout_s=settings.graceful_shutdown_s
@@ -155,14 +137,9 @@ def create_app(settings: HubSettings) -> FastAPI:
 
     @app.exception_handler(HubError)
     async def _hub_error(request: Request, exc: HubError) -> JSONResponse:
-        headers = {}
-        if exc.status == 429:
-            headers["Retry-After"] = str(max(1, math.ceil(getattr(exc, "retry_after_s", 1))))
-        if exc.status == 401:
-            headers["WWW-Authenticate"] = "Bearer"
-        if exc.status == 413:
-            headers["Connection"] = "close"
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+        return JSONResponse(
+            {"error": exc.message}, status_code=exc.status, headers=dict(error_headers(exc))
+        )
 
     @app.exception_handler(ProtocolError)
     async def _protocol_error(request: Request, exc: ProtocolError) -> JSONResponse:
@@ -185,22 +162,9 @@ def create_app(settings: HubSettings) -> FastAPI:
 
     def require(scope: str) -> Callable[[Request], Awaitable[Principal | None]]:
         async def check(request: Request) -> Principal | None:
-            if not authenticator.enabled:
-                host = request.client.host if request.client else None
-                if not _is_loopback(host):
-                    metrics.rejected.labels(reason="not_loopback").inc()
-                    raise PermissionDeniedError(
-                        "this hub has no credentials configured and serves loopback clients only"
-                    )
-                return None
-            try:
-                principal = authenticator.authenticate(request.headers)
-                authenticator.authorize(principal, scope)
-                authenticator.rate_limit(principal)
-            except HubError as exc:
-                metrics.rejected.labels(reason=type(exc).__name__).inc()
-                raise
-            return principal
+            return access.check(
+                request.headers, request.client.host if request.client else None, scope
+            )
 
         return check
 
@@ -276,78 +240,15 @@ def create_app(settings: HubSettings) -> FastAPI:
         await repository.unload(model)
         return {}
 
-    # -- inference -------------------------------------------------------------------------------
-
-    @app.post("/v2/models/{model}/infer", dependencies=[infer_scope])
-    @app.post("/v2/models/{model}/versions/{version}/infer", dependencies=[infer_scope])
-    async def infer(request: Request, model: str, version: str | None = None) -> Response:
-        if not state["ready"]:
-            raise UnavailableError("the hub is not ready")
-        body = await request.body()
-        decoded = decode_request(body, request.headers.get(HEADER_LENGTH_HEADER), limits=limits)
-        loaded = repository.get(model, version)
-        req = decoded.request
-        wanted = [o.name for o in req.outputs or []]
-        timeout_s = _timeout_s(req.parameters or {})
-        result = await loaded.infer(decoded.tensors, outputs=wanted, timeout_s=timeout_s)
-        result = _classify(loaded, req.outputs or [], result)
-        encoded = encode_response(
-            result,
-            model_name=model,
-            model_version=str(loaded.version),
-            id=req.id,
-            parameters={"served_by": "cloud"},
-            binary={name: wants_binary_output(req, name) for name in result},
-        )
-        headers = {}
-        media_type = "application/json"
-        if encoded.header_length is not None:
-            headers[HEADER_LENGTH_HEADER] = str(encoded.header_length)
-            media_type = "application/octet-stream"
-        return Response(encoded.to_bytes(), media_type=media_type, headers=headers)
-
     app.add_middleware(BodyLimit, max_bytes=settings.limits.payload_max_bytes, metrics=metrics)
-    return app
-
-
-def _timeout_s(parameters: dict[str, Any]) -> float | None:
-    """Triton's per-request ``timeout`` parameter, in microseconds."""
-    value = parameters.get("timeout")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BadRequestError(
-            f"parameters.timeout must be a non-negative integer of microseconds, got {value!r}"
-        )
-    return value / 1e6 or None
-
-
-def _classify(
-    loaded: LoadedVersion, outputs: list[Any], result: dict[str, np.ndarray[Any, Any]]
-) -> dict[str, np.ndarray[Any, Any]]:
-    """Triton's classification extension: ``parameters.classification: k`` on an output asks
-    for its top k as ``"score:index[:label]"`` strings instead of the raw scores."""
-    for out in outputs:
-        k = (out.parameters or {}).get("classification")
-        if k is None:
-            continue
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise BadRequestError(f"output {out.name!r}: classification must be a positive integer")
-        scores = result[out.name]
-        batched = loaded.config.max_batch_size > 0
-        rows = scores.reshape(scores.shape[0], -1) if batched else scores.reshape(1, -1)
-        k = min(k, rows.shape[1])
-        order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :k]
-        labels = loaded.labels or []
-        table = np.empty((rows.shape[0], k), dtype=object)
-        for r in range(rows.shape[0]):
-            for c, index in enumerate(order[r]):
-                text = f"{float(rows[r, index]):f}:{int(index)}"
-                if int(index) < len(labels):
-                    text += f":{labels[int(index)]}"
-                table[r, c] = text.encode()
-        result[out.name] = table if batched else table.reshape(k)
-    return result
+    service = InferenceService(repository, limits)
+    return InferencePath(
+        app,
+        service=service,
+        access=access,
+        max_body_bytes=settings.limits.payload_max_bytes,
+        ready=lambda: bool(state["ready"]),
+    )
 
 
 def _triton_config(loaded: LoadedVersion) -> dict[str, Any]:

@@ -21,6 +21,8 @@ Wire-format errors are :class:`protocols.ProtocolError` and keep their own statu
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
     "AuthenticationError",
     "BackendUnavailableError",
@@ -36,6 +38,7 @@ __all__ = [
     "RateLimitedError",
     "RequestTimeoutError",
     "UnavailableError",
+    "error_headers",
 ]
 
 
@@ -101,3 +104,14 @@ class BackendUnavailableError(ModelLoadError):
 
 class InferenceError(HubError):
     pass
+
+
+def error_headers(exc: HubError) -> list[tuple[str, str]]:
+    """Headers an error response carries: ``Retry-After`` for 429, ``WWW-Authenticate`` for 401."""
+    if isinstance(exc, RateLimitedError):
+        return [("Retry-After", str(max(1, math.ceil(exc.retry_after_s))))]
+    if exc.status == 401:
+        return [("WWW-Authenticate", "Bearer")]
+    if exc.status == 413:
+        return [("Connection", "close")]
+    return []

@@ -1,0 +1,104 @@
+"""Inference as the transports share it: decoded request in, outputs (or an error) out.
+
+HTTP (:mod:`cloud_hub.fastpath`) and MQTT both decode with :mod:`protocols`, then call
+:meth:`InferenceService.run`, which finds the model version, applies the request's options
+(requested outputs, Triton's ``timeout`` and ``classification`` parameters) and runs it through
+the version's batcher.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from protocols import (
+    DecodedRequest,
+    EncodedBody,
+    Limits,
+    decode_request,
+    encode_response,
+    wants_binary_output,
+)
+
+from .errors import BadRequestError
+from .repository import LoadedVersion, ModelRepository
+
+__all__ = ["SERVED_BY", "InferenceService"]
+
+SERVED_BY = "cloud"
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+class InferenceService:
+    def __init__(self, repository: ModelRepository, limits: Limits) -> None:
+        self.repository = repository
+        self.limits = limits
+
+    async def run(
+        self, model: str, version: str | None, decoded: DecodedRequest
+    ) -> tuple[LoadedVersion, Arrays]:
+        loaded = self.repository.get(model, version)
+        request = decoded.request
+        wanted = [o.name for o in request.outputs or []]
+        result = await loaded.infer(
+            decoded.tensors, outputs=wanted, timeout_s=_timeout_s(request.parameters or {})
+        )
+        return loaded, _classify(loaded, request.outputs or [], result)
+
+    async def infer_http(
+        self, model: str, version: str | None, body: bytes, header_length: str | None
+    ) -> EncodedBody:
+        """Decode an HTTP body, run it, and encode the answer as the caller asked."""
+        decoded = decode_request(body, header_length, limits=self.limits)
+        loaded, result = await self.run(model, version, decoded)
+        request = decoded.request
+        return encode_response(
+            result,
+            model_name=model,
+            model_version=str(loaded.version),
+            id=request.id,
+            parameters={"served_by": SERVED_BY},
+            binary={name: wants_binary_output(request, name) for name in result},
+        )
+
+
+def _timeout_s(parameters: dict[str, Any]) -> float | None:
+    """Triton's per-request ``timeout`` parameter, in microseconds."""
+    value = parameters.get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequestError(
+            f"parameters.timeout must be a non-negative integer of microseconds, got {value!r}"
+        )
+    return value / 1e6 or None
+
+
+def _classify(
+    loaded: LoadedVersion, outputs: list[Any], result: dict[str, np.ndarray[Any, Any]]
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Triton's classification extension: ``parameters.classification: k`` on an output asks
+    for its top k as ``"score:index[:label]"`` strings instead of the raw scores."""
+    for out in outputs:
+        k = (out.parameters or {}).get("classification")
+        if k is None:
+            continue
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise BadRequestError(f"output {out.name!r}: classification must be a positive integer")
+        scores = result[out.name]
+        batched = loaded.config.max_batch_size > 0
+        rows = scores.reshape(scores.shape[0], -1) if batched else scores.reshape(1, -1)
+        k = min(k, rows.shape[1])
+        order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :k]
+        labels = loaded.labels or []
+        table = np.empty((rows.shape[0], k), dtype=object)
+        for r in range(rows.shape[0]):
+            for c, index in enumerate(order[r]):
+                text = f"{float(rows[r, index]):f}:{int(index)}"
+                if int(index) < len(labels):
+                    text += f":{labels[int(index)]}"
+                table[r, c] = text.encode()
+        result[out.name] = table if batched else table.reshape(k)
+    return result
