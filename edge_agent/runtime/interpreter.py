@@ -55,10 +55,13 @@ class InterpreterBackend:
         self._outputs: tuple[TensorSpec, ...] = ()
         self._shapes: dict[int, tuple[int, ...]] = {}
 
+    @classmethod
+    def create_interpreter(cls, path: Path, threads: int) -> Any:
+        return cls.interpreter_class()(model_path=str(path), num_threads=threads)
+
     def load(self, path: Path, *, threads: int) -> ModelSignature:
-        interpreter_class = self.interpreter_class()
         try:
-            interpreter = interpreter_class(model_path=str(path), num_threads=threads)
+            interpreter = self.create_interpreter(path, threads)
             interpreter.allocate_tensors()
         except Exception as exc:
             raise ModelLoadError(f"{path} is not a model {self.runtime} can load: {exc}") from exc
