@@ -46,26 +46,47 @@ def _quantization(detail: Mapping[str, Any]) -> tuple[float, int] | None:
     return None
 
 
+def _signature_names(interpreter: Any) -> dict[int, str]:
+    """Tensor index -> signature name (``pixels``, ``output_0``) when the model has exactly one
+    signature, as Keras-converted models do; the edge agent names tensors the same way."""
+    try:
+        signatures = interpreter.get_signature_list()
+        if len(signatures) != 1:
+            return {}
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        names = {
+            int(details["index"]): name
+            for part in (runner.get_input_details(), runner.get_output_details())
+            for name, details in part.items()
+        }
+        del runner  # it holds a reference that blocks resize_tensor_input
+        return names
+    except Exception:  # runtimes without signature details: keep the tensor names
+        return {}
+
+
 class TFLiteBackend:
     def __init__(self, interpreters: list[Any], runtime: str) -> None:
         self._pool: queue.Queue[Any] = queue.Queue()
         for interpreter in interpreters:
             self._pool.put(interpreter)
         first = interpreters[0]
-        self._in = first.get_input_details()
-        self._out = first.get_output_details()
-        self._inputs = [self._spec(d) for d in self._in]
-        self._outputs = [self._spec(d) for d in self._out]
+        self._names = _signature_names(first)
+        self._inputs = [self._spec(d) for d in first.get_input_details()]
+        self._outputs = [self._spec(d) for d in first.get_output_details()]
         self.name = f"tflite:{runtime}"
 
-    @staticmethod
-    def _spec(detail: Mapping[str, Any]) -> TensorSpec:
+    def _name(self, detail: Mapping[str, Any]) -> str:
+        return self._names.get(int(detail["index"]), str(detail["name"]))
+
+    def _spec(self, detail: Mapping[str, Any]) -> TensorSpec:
         signature = detail.get("shape_signature")
-        shape = signature if signature is not None and len(signature) else detail["shape"]
+        usable = signature is not None and len(signature) == len(detail["shape"])
+        shape = signature if usable else detail["shape"]
         quantized = _quantization(detail) is not None
         datatype = Datatype.FP32 if quantized else datatype_of(np.dtype(detail["dtype"]))
         return TensorSpec(
-            name=detail["name"], datatype=datatype, shape=tuple(int(d) for d in shape)
+            name=self._name(detail), datatype=datatype, shape=tuple(int(d) for d in shape)
         )
 
     @classmethod
@@ -105,7 +126,7 @@ class TFLiteBackend:
         details = interpreter.get_input_details()
         resized = False
         for detail in details:
-            value = inputs[detail["name"]]
+            value = inputs[self._name(detail)]
             if tuple(detail["shape"]) != value.shape:
                 interpreter.resize_tensor_input(detail["index"], list(value.shape), strict=False)
                 resized = True
@@ -113,7 +134,7 @@ class TFLiteBackend:
             interpreter.allocate_tensors()
             details = interpreter.get_input_details()
         for detail in details:
-            value = inputs[detail["name"]]
+            value = inputs[self._name(detail)]
             quant = _quantization(detail)
             if quant is not None:
                 scale, zero_point = quant
@@ -128,7 +149,7 @@ class TFLiteBackend:
             if quant is not None:
                 scale, zero_point = quant
                 value = ((value.astype(np.float32) - zero_point) * scale).astype(np.float32)
-            out[detail["name"]] = value.copy()
+            out[self._name(detail)] = value.copy()
         return out
 
     def close(self) -> None:
