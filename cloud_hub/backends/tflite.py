@@ -80,9 +80,10 @@ class TFLiteBackend:
         return self._names.get(int(detail["index"]), str(detail["name"]))
 
     def _spec(self, detail: Mapping[str, Any]) -> TensorSpec:
+        shape = detail["shape"]
         signature = detail.get("shape_signature")
-        usable = signature is not None and len(signature) == len(detail["shape"])
-        shape = signature if usable else detail["shape"]
+        if signature is not None and len(signature) == len(shape):
+            shape = signature
         quantized = _quantization(detail) is not None
         datatype = Datatype.FP32 if quantized else datatype_of(np.dtype(detail["dtype"]))
         return TensorSpec(
