@@ -36,13 +36,57 @@ describe_machine() {
   uname -m
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 ||
     echo "nvidia-smi: not available"
-  NVCC=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
+  NVCC=$(command -v nvcc || true)
+  if [ -z "$NVCC" ]; then
+    for candidate in /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc; do
+      if [ -x "$candidate" ]; then
+        NVCC=$candidate
+        break
+      fi
+    done
+  fi
   if [ -n "$NVCC" ]; then
     echo "nvcc: $NVCC ($("$NVCC" --version | tail -n 1))"
   else
     echo "nvcc: not found"
   fi
   echo "python: $(command -v "$PYTHON") ($("$PYTHON" --version 2>&1))"
+  echo "libcuda: $(ldconfig -p 2>/dev/null | grep -m 1 'libcuda.so.1 ' || echo 'not in the ldconfig cache')"
+}
+
+# The folder holding libcuda.so for the linker: the toolkit's stubs, or else a link to the driver.
+find_libcuda_dir() {
+  local cuda_root=$1 dir real
+  for dir in "$cuda_root/lib64/stubs" "$cuda_root/lib/stubs" \
+    "$cuda_root/targets/x86_64-linux/lib/stubs" "$cuda_root/lib64" "$cuda_root/lib"; do
+    if [ -e "$dir/libcuda.so" ]; then
+      echo "$dir"
+      return 0
+    fi
+  done
+  real=$(ldconfig -p 2>/dev/null | awk '/libcuda\.so\.1 / {print $NF; exit}')
+  for candidate in "$real" /usr/local/nvidia/lib64/libcuda.so.1 /usr/lib/x86_64-linux-gnu/libcuda.so.1; do
+    if [ -n "$candidate" ] && [ -e "$candidate" ]; then
+      mkdir -p /tmp/cuda-link
+      ln -sf "$candidate" /tmp/cuda-link/libcuda.so
+      echo /tmp/cuda-link
+      return 0
+    fi
+  done
+  return 1
+}
+
+# The folder holding cuda.h.
+find_cuda_include() {
+  local cuda_root=$1 dir
+  for dir in "$cuda_root/include" "$cuda_root/targets/x86_64-linux/include" \
+    /usr/local/cuda/include /usr/include; do
+    if [ -e "$dir/cuda.h" ]; then
+      echo "$dir"
+      return 0
+    fi
+  done
+  return 1
 }
 
 make_venv() {
@@ -87,7 +131,7 @@ build_pycuda() {
     echo "already importable; not building it"
     return 0
   fi
-  local sdists sdist cuda_root src
+  local sdists sdist cuda_root include_dir lib_dir src
   sdists=("$WHEELS"/pycuda-*.tar.gz)
   sdist=${sdists[0]}
   if [ ! -f "$sdist" ]; then
@@ -99,13 +143,23 @@ build_pycuda() {
     return 1
   fi
   cuda_root=$(dirname "$(dirname "$(realpath "$NVCC")")")
-  echo "building $(basename "$sdist") against $cuda_root (log: $OUT/pycuda-build.log)"
+  if ! include_dir=$(find_cuda_include "$cuda_root"); then
+    echo "no cuda.h under $cuda_root; the GPU tests will skip"
+    return 1
+  fi
+  if ! lib_dir=$(find_libcuda_dir "$cuda_root"); then
+    echo "no libcuda.so to link pycuda against; the GPU tests will skip"
+    return 1
+  fi
+  echo "building $(basename "$sdist") against $cuda_root (cuda.h in $include_dir, libcuda.so in $lib_dir; log: $OUT/pycuda-build.log)"
   src=$(mktemp -d)
   tar -xzf "$sdist" -C "$src"
   src=$(ls -d "$src"/pycuda-*)
   # Without a siteconf.py, pycuda's setup waits 10 s and guesses; curand and GL are not needed.
   cat >"$src/siteconf.py" <<EOF
 CUDA_ROOT = '$cuda_root'
+CUDA_INC_DIR = ['$include_dir']
+CUDADRV_LIB_DIR = ['$lib_dir']
 CUDA_ENABLE_CURAND = False
 CUDA_ENABLE_GL = False
 USE_SHIPPED_BOOST = True
