@@ -100,6 +100,8 @@ def create_app(settings: HubSettings) -> ASGIApp:
         settings.model_repository, metrics, drain_timeout_s=settings.graceful_shutdown_s
     )
 
+    service = InferenceService(repository, limits)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.load_models == "all":
@@ -110,6 +112,12 @@ def create_app(settings: HubSettings) -> ASGIApp:
                     await repository.load(name)
                 except HubError as exc:
                     logger.error("model %s did not load: %s", name, exc.message)
+        if settings.mqtt is not None:
+            from .mqtt_bridge import MqttBridge
+
+            bridge = MqttBridge(settings.mqtt, service, metrics)
+            await bridge.start()
+            state["bridge"] = bridge
         state["ready"] = True
         logger.info(
             "hub ready: %d model versions loaded from %s",
@@ -120,6 +128,8 @@ def create_app(settings: HubSettings) -> ASGIApp:
             yield
         finally:
             state["ready"] = False
+            if "bridge" in state:
+                await state["bridge"].stop(drain_timeout_s=settings.graceful_shutdown_s)
             await repository.close()
             logger.info("hub stopped")
 
@@ -241,7 +251,6 @@ def create_app(settings: HubSettings) -> ASGIApp:
         return {}
 
     app.add_middleware(BodyLimit, max_bytes=settings.limits.payload_max_bytes, metrics=metrics)
-    service = InferenceService(repository, limits)
     return InferencePath(
         app,
         service=service,

@@ -28,11 +28,38 @@ def _parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="YAML settings file; HYBRID_HUB_* variables override it"
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    mqtt = serve.add_argument_group("MQTT bridge (serve device requests over MQTT too)")
+    mqtt.add_argument("--mqtt-broker", metavar="HOST:PORT", help="connect to this broker")
+    mqtt.add_argument("--mqtt-username")
+    mqtt.add_argument(
+        "--mqtt-password", help="prefer HYBRID_HUB_MQTT__PASSWORD: flags show in process lists"
+    )
+    mqtt.add_argument("--mqtt-tls", action="store_true", default=None, help="use TLS")
+    mqtt.add_argument(
+        "--mqtt-ca-file", type=Path, help="CA bundle that signed the broker's certificate"
+    )
+    mqtt.add_argument("--mqtt-cert-file", type=Path, help="client certificate")
+    mqtt.add_argument("--mqtt-key-file", type=Path, help="client key")
+    mqtt.add_argument("--mqtt-share-group", help="shared subscription group (default hybrid-hub)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    mqtt = {
+        key: value
+        for key, value in {
+            "broker": args.mqtt_broker,
+            "username": args.mqtt_username,
+            "password": args.mqtt_password,
+            "tls": args.mqtt_tls,
+            "ca_file": args.mqtt_ca_file,
+            "cert_file": args.mqtt_cert_file,
+            "key_file": args.mqtt_key_file,
+            "share_group": args.mqtt_share_group,
+        }.items()
+        if value is not None
+    }
     try:
         settings = load_settings(
             args.config,
@@ -40,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
+            mqtt=mqtt or None,
         )
     except ConfigError as exc:
         print(f"cloud-hub: {exc.message}", file=sys.stderr)

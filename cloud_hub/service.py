@@ -37,14 +37,21 @@ class InferenceService:
         self.limits = limits
 
     async def run(
-        self, model: str, version: str | None, decoded: DecodedRequest
+        self,
+        model: str,
+        version: str | None,
+        decoded: DecodedRequest,
+        *,
+        timeout_s: float | None = None,
     ) -> tuple[LoadedVersion, Arrays]:
+        """Run a decoded request; ``timeout_s`` (a transport's deadline) tightens the request's own."""
         loaded = self.repository.get(model, version)
         request = decoded.request
         wanted = [o.name for o in request.outputs or []]
-        result = await loaded.infer(
-            decoded.tensors, outputs=wanted, timeout_s=_timeout_s(request.parameters or {})
-        )
+        own = _timeout_s(request.parameters or {})
+        if own is None or (timeout_s is not None and timeout_s < own):
+            own = timeout_s
+        result = await loaded.infer(decoded.tensors, outputs=wanted, timeout_s=own)
         return loaded, _classify(loaded, request.outputs or [], result)
 
     async def infer_http(

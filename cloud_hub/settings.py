@@ -111,6 +111,46 @@ class LimitsSettings(_Section):
         return Limits(**self.model_dump())
 
 
+class MqttSettings(_Section):
+    """The MQTT bridge: where the broker is and how the hub shares the device requests."""
+
+    broker: Annotated[str, Field(pattern=r"^[^:\s]+:\d{1,5}$")]
+    """``HOST:PORT``."""
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_id: str | None = None
+    """Defaults to ``hub-<hostname>-<pid>``."""
+    shared: bool = True
+    """Subscribe through ``$share/<share_group>/...`` so replicas split the requests."""
+    share_group: str = "hybrid-hub"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    max_in_flight: Annotated[int, Field(ge=1, le=65535)] = 256
+    """MQTT 5 Receive Maximum: requests the broker may hand over before the hub answers."""
+    dedup_ttl_s: Annotated[float, Field(gt=0)] = 600.0
+    """How long answers are kept to answer a repeated request id without running it again."""
+    dedup_max_entries: Annotated[int, Field(ge=1)] = 100_000
+    reconnect_min_s: Annotated[int, Field(ge=1)] = 1
+    reconnect_max_s: Annotated[int, Field(ge=1)] = 30
+
+    @model_validator(mode="after")
+    def _files(self) -> MqttSettings:
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"mqtt.{name} {path} does not exist")
+        if not 0 < int(self.broker.rsplit(":", 1)[1]) < 65536:
+            raise ValueError(f"mqtt.broker {self.broker!r} has no valid port")
+        return self
+
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.broker.rpartition(":")
+        return host, int(port)
+
+
 class HubSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HYBRID_HUB_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -123,6 +163,8 @@ class HubSettings(BaseSettings):
     """Models loaded at start: every folder, none (load them through the API), or these."""
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    mqtt: MqttSettings | None = None
+    """Serve device requests over MQTT too (``--mqtt-broker``)."""
     metrics_public: bool = True
     """Serve /metrics without credentials (Prometheus scrapers usually have none)."""
     graceful_shutdown_s: Annotated[float, Field(ge=0)] = 30.0

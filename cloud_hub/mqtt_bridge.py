@@ -1,0 +1,361 @@
+"""Edge requests over MQTT, served by the same repository, batchers and backends as HTTP.
+
+The bridge subscribes to ``$share/<group>/hybrid/v1/+/infer/request`` so hub replicas split the
+requests, decodes each payload with :mod:`protocols` and answers as docs/protocol.md says: on the
+MQTT 5 Response Topic with the Correlation Data echoed, else on the device's default reply topic,
+correlated by the request id.
+
+Delivery: QoS 1 with manual acknowledgement, sent only once the answer is published, and the
+MQTT 5 Receive Maximum bounds the requests in flight (the broker holds the rest). A request
+repeated with the same id (a device retrying after a lost answer) is answered from a record of
+recent answers instead of being run twice. Requests past their Message Expiry are dropped and
+counted. A bad payload gets an error reply where it has somewhere to go, is counted, and never
+stops the bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import os
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from prometheus_client import Counter, Gauge, Histogram
+
+from protocols import (
+    ProtocolError,
+    TopicKind,
+    content_type_of,
+    decode_mqtt_request,
+    encode_mqtt_error,
+    encode_mqtt_response,
+    infer_response_topic,
+    parse_topic,
+    request_subscription,
+    shared_request_subscription,
+    wants_binary_output,
+)
+from protocols.errors import TopicError
+
+from .errors import HubError, RequestTimeoutError
+from .metrics import HubMetrics
+from .service import SERVED_BY, InferenceService
+from .settings import MqttSettings
+
+__all__ = ["MqttBridge", "RecentAnswers"]
+
+logger = logging.getLogger(__name__)
+
+
+class BridgeMetrics:
+    def __init__(self, metrics: HubMetrics) -> None:
+        r = metrics.registry
+        self.messages = Counter(
+            "hub_mqtt_requests",
+            "MQTT requests by outcome: answered, error, expired, duplicate, malformed, no_reply_topic",
+            ["outcome"],
+            registry=r,
+        )
+        self.connected = Gauge(
+            "hub_mqtt_connected", "1 while the bridge is connected to the broker", registry=r
+        )
+        self.in_flight = Gauge("hub_mqtt_in_flight", "MQTT requests being served", registry=r)
+        self.duration = Histogram(
+            "hub_mqtt_request_duration_seconds",
+            "From receipt to published answer",
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+                2.5,
+                5.0,
+            ),
+            registry=r,
+        )
+
+
+class RecentAnswers:
+    """Answers to recent request ids per device, for a bounded time and count.
+
+    A repeat of an id being served waits for the first run's answer; a repeat of an answered id
+    gets the stored answer.
+    """
+
+    def __init__(self, max_entries: int, ttl_s: float) -> None:
+        self._entries: collections.OrderedDict[
+            tuple[str, str], tuple[float, asyncio.Future[bytes]]
+        ] = collections.OrderedDict()
+        self._max = max_entries
+        self._ttl_s = ttl_s
+
+    def claim(self, key: tuple[str, str]) -> tuple[bool, asyncio.Future[bytes]]:
+        """``(True, future)`` for the first sighting of ``key`` (resolve it with the answer), else
+        ``(False, future)`` holding or awaiting the first answer."""
+        now = time.monotonic()
+        while self._entries:
+            oldest_key, (created, _) = next(iter(self._entries.items()))
+            if now - created < self._ttl_s and len(self._entries) < self._max:
+                break
+            self._entries.pop(oldest_key)
+        entry = self._entries.get(key)
+        if entry is not None:
+            return False, entry[1]
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._entries[key] = (now, future)
+        return True, future
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """Drop a claim whose run produced no answer worth repeating (it expired)."""
+        self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Incoming:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    response_topic: str | None
+    correlation: bytes | None
+    expiry_s: int | None
+    received_s: float
+
+
+class MqttBridge:
+    def __init__(
+        self, settings: MqttSettings, service: InferenceService, metrics: HubMetrics
+    ) -> None:
+        self._settings = settings
+        self._service = service
+        self._metrics = BridgeMetrics(metrics)
+        self._answers = RecentAnswers(settings.dedup_max_entries, settings.dedup_ttl_s)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connected = threading.Event()
+        self._closing = False
+        client_id = settings.client_id or f"hub-{socket.gethostname()}-{os.getpid()}"
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if settings.username is not None:
+            password = settings.password.get_secret_value() if settings.password else None
+            self._client.username_pw_set(settings.username, password)
+        if settings.tls:
+            self._client.tls_set(
+                ca_certs=str(settings.ca_file) if settings.ca_file else None,
+                certfile=str(settings.cert_file) if settings.cert_file else None,
+                keyfile=str(settings.key_file) if settings.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        self._client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
+        self._client.max_inflight_messages_set(settings.max_in_flight)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def start(self) -> None:
+        """Connect in the background; the bridge retries until the broker answers."""
+        self._loop = asyncio.get_running_loop()
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.ReceiveMaximum = self._settings.max_in_flight
+        properties.SessionExpiryInterval = 0
+        host, port = self._settings.host_port()
+        self._client.connect_async(
+            host,
+            port,
+            keepalive=self._settings.keepalive_s,
+            clean_start=True,
+            properties=properties,
+        )
+        self._client.loop_start()
+        logger.info("MQTT bridge connecting to %s:%d", host, port)
+
+    async def stop(self, *, drain_timeout_s: float = 10.0) -> None:
+        """Stop taking requests, let those being served answer, then disconnect."""
+        self._closing = True
+        if self._connected.is_set():
+            self._client.unsubscribe(self._subscription())
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=drain_timeout_s)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._metrics.connected.set(0)
+
+    def _subscription(self) -> str:
+        if self._settings.shared:
+            return shared_request_subscription(self._settings.share_group)
+        return request_subscription()
+
+    # -- paho's thread -------------------------------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            logger.error("MQTT broker refused the connection: %s", reason)
+            return
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.subscribe(self._subscription(), qos=1)
+        self._connected.set()
+        self._metrics.connected.set(1)
+        logger.info("MQTT bridge connected; subscribed to %s", self._subscription())
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self._connected.clear()
+        self._metrics.connected.set(0)
+        if not self._closing:
+            logger.warning("MQTT bridge disconnected (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        incoming = _Incoming(
+            topic=msg.topic,
+            payload=bytes(msg.payload),
+            mid=msg.mid,
+            qos=msg.qos,
+            response_topic=getattr(props, "ResponseTopic", None) or None,
+            correlation=getattr(props, "CorrelationData", None),
+            expiry_s=getattr(props, "MessageExpiryInterval", None),
+            received_s=time.monotonic(),
+        )
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._spawn, incoming)
+
+    # -- the event loop --------------------------------------------------------------------------
+
+    def _spawn(self, incoming: _Incoming) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle(incoming))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, incoming: _Incoming) -> None:
+        self._metrics.in_flight.inc()
+        try:
+            outcome = await self._serve(incoming)
+            self._metrics.messages.labels(outcome=outcome).inc()
+            self._metrics.duration.observe(time.monotonic() - incoming.received_s)
+        except Exception:
+            logger.exception("MQTT request on %s failed unexpectedly", incoming.topic)
+            self._metrics.messages.labels(outcome="error").inc()
+        finally:
+            self._metrics.in_flight.dec()
+            if incoming.qos > 0:
+                self._client.ack(incoming.mid, incoming.qos)
+
+    async def _serve(self, incoming: _Incoming) -> str:
+        try:
+            topic = parse_topic(incoming.topic)
+            if topic.kind is not TopicKind.INFER_REQUEST or topic.device_id is None:
+                raise TopicError(f"{incoming.topic!r} is not a request topic")
+            reply_to = incoming.response_topic or infer_response_topic(topic.device_id)
+            device_id = topic.device_id
+        except TopicError as exc:
+            if incoming.response_topic is None:
+                logger.warning("dropped a message on %r: %s", incoming.topic, exc)
+                return "malformed"
+            self._publish(incoming, incoming.response_topic, encode_mqtt_error(str(exc)))
+            return "malformed"
+        deadline_s = incoming.received_s + incoming.expiry_s if incoming.expiry_s else None
+        try:
+            decoded = decode_mqtt_request(incoming.payload, limits=self._service.limits)
+        except ProtocolError as exc:
+            self._publish(incoming, reply_to, encode_mqtt_error(str(exc)), deadline_s)
+            return "malformed"
+        request = decoded.request
+        key = (device_id, request.id) if request.id else None
+        if key is not None:
+            first, answer = self._answers.claim(key)
+            if not first:
+                try:
+                    payload = await asyncio.shield(answer)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    return "expired"
+                self._publish(incoming, reply_to, payload, deadline_s)
+                return "duplicate"
+        else:
+            answer = None
+        outcome = "answered"
+        try:
+            if deadline_s is not None and time.monotonic() >= deadline_s:
+                raise RequestTimeoutError("the request expired before it ran")
+            timeout_s = deadline_s - time.monotonic() if deadline_s is not None else None
+            model = request.model_name  # type: ignore[attr-defined]
+            version = request.model_version  # type: ignore[attr-defined]
+            loaded, result = await self._service.run(model, version, decoded, timeout_s=timeout_s)
+            framed = content_type_of(incoming.payload) != "application/json"
+            payload = encode_mqtt_response(
+                result,
+                model_name=model,
+                model_version=str(loaded.version),
+                id=request.id,
+                parameters={"served_by": SERVED_BY},
+                binary="auto"
+                if framed
+                else {name: wants_binary_output(request, name) for name in result},
+            )
+        except RequestTimeoutError:
+            if key is not None and answer is not None:
+                self._answers.forget(key)
+                answer.set_exception(RequestTimeoutError("expired"))
+                answer.exception()  # retrieved: a repeat may never come to await it
+            return "expired"
+        except HubError as exc:
+            payload = encode_mqtt_error(exc.message, id=request.id)
+            outcome = "error"
+        if answer is not None and not answer.done():
+            answer.set_result(payload)
+        if deadline_s is not None and time.monotonic() >= deadline_s:
+            return "expired"
+        self._publish(incoming, reply_to, payload, deadline_s)
+        return outcome
+
+    def _publish(
+        self, incoming: _Incoming, topic: str, payload: bytes, deadline_s: float | None = None
+    ) -> None:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if incoming.correlation is not None:
+            props.CorrelationData = incoming.correlation
+        props.ContentType = content_type_of(payload)
+        if deadline_s is not None:
+            props.MessageExpiryInterval = max(1, math.ceil(deadline_s - time.monotonic()))
+        try:
+            self._client.publish(topic, payload, qos=1, properties=props)
+        except ValueError as exc:  # a response topic with wildcards, or an empty one
+            logger.warning("cannot answer on %r: %s", topic, exc)
