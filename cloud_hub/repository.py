@@ -398,6 +398,7 @@ class ModelRepository:
         )
         backend = await asyncio.to_thread(backend_class.load, path, options)
         try:
+            _check_batch_limit(backend, config)
             inputs = _tensor_configs(config.inputs, backend.inputs, config, "input")
             outputs = _tensor_configs(config.outputs, backend.outputs, config, "output")
             labels = _labels(config, folder)
@@ -445,6 +446,20 @@ class ModelRepository:
         finally:
             loaded.stats.loaded(False)
             await asyncio.to_thread(loaded.backend.close)
+
+
+def _check_batch_limit(backend: Backend, config: ModelConfig) -> None:
+    """A backend with fixed shape ranges (TensorRT profiles) caps the batches it can run."""
+    ranges = getattr(backend, "shape_ranges", None)
+    if not config.max_batch_size or not ranges:
+        return
+    for name, allowed in ranges.items():
+        largest = allowed.max[0] if allowed.max else 0
+        if config.max_batch_size > largest:
+            raise ConfigError(
+                f"max_batch_size {config.max_batch_size} is larger than the {largest} the engine's "
+                f"optimization profile allows for input {name!r}; lower max_batch_size or rebuild the plan"
+            )
 
 
 def _tensor_configs(
