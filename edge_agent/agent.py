@@ -84,6 +84,8 @@ class Agent:
                 self.runtime,
                 runtime_error=self.runtime_error,
                 worker_timeout_s=self.config.worker_timeout_s,
+                probe=self.config.probe_models,
+                probe_timeout_s=self.config.probe_timeout_s,
             )
         except BaseException:
             self._close_servers()
@@ -252,7 +254,11 @@ def check(config: AgentConfig) -> CheckReport:
     except AgentError as exc:
         runtime_error = str(exc)
     registry.load_all(
-        runtime, runtime_error=runtime_error, worker_timeout_s=config.worker_timeout_s
+        runtime,
+        runtime_error=runtime_error,
+        worker_timeout_s=config.worker_timeout_s,
+        probe=config.probe_models,
+        probe_timeout_s=config.probe_timeout_s,
     )
     report = CheckReport(runtime=runtime, runtime_error=runtime_error, models=registry.statuses())
     registry.close()

@@ -115,6 +115,11 @@ class AgentConfig(BaseModel):
     """How long a request waits for a free interpreter before a 503."""
     idle_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     """A keep-alive connection idle this long is closed."""
+    probe_models: bool = True
+    """Load each model once in a child process first, so a file that crashes the interpreter
+    fails only its own model instead of the agent."""
+    probe_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    """How long that child may take to load and run a model once."""
     limits: Limits = Field(default_factory=Limits)
     """Size limits on request bodies (see ``protocols.Limits``); over ``payload_max_bytes`` is a 413."""
     log_level: LogLevel = "INFO"

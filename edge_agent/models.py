@@ -20,6 +20,7 @@ from protocols import DatatypeError, ModelMetadata, TensorMetadata, datatype_of
 
 from .config import ModelConfig
 from .errors import AgentError, InputError, ModelLoadError, UnavailableError
+from .probe import probe_model
 from .runtime import Array, Backend, ModelSignature, RuntimeInfo, TensorSpec
 
 __all__ = ["LoadedModel", "load_model", "read_labels"]
@@ -194,11 +195,18 @@ def read_labels(path: Path) -> tuple[str, ...]:
 
 
 def load_model(
-    config: ModelConfig, runtime: RuntimeInfo, *, worker_timeout_s: float = 30.0
+    config: ModelConfig,
+    runtime: RuntimeInfo,
+    *,
+    worker_timeout_s: float = 30.0,
+    probe: bool = False,
+    probe_timeout_s: float = 120.0,
 ) -> LoadedModel:
     """Open ``config.workers`` interpreters of the model and run each once (warm-up).
 
-    Every failure is a :class:`ModelLoadError` whose message names the model and the cause.
+    With ``probe``, the model is first loaded in a child process (:mod:`edge_agent.probe`), so a
+    file that crashes the interpreter cannot take this process down. Every failure is a
+    :class:`ModelLoadError` whose message names the model and the cause.
     """
     path = config.path
     if not path.exists():
@@ -207,6 +215,8 @@ def load_model(
         raise ModelLoadError(f"model {config.name!r}: {path} is not a file")
     backends: list[Backend] = []
     try:
+        if probe:
+            probe_model(runtime.name, path, threads=config.threads, timeout_s=probe_timeout_s)
         labels = read_labels(config.labels) if config.labels is not None else ()
         signature: ModelSignature | None = None
         for _ in range(config.workers):

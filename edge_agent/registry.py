@@ -69,6 +69,8 @@ class ModelRegistry:
         *,
         runtime_error: str | None = None,
         worker_timeout_s: float = 30.0,
+        probe: bool = False,
+        probe_timeout_s: float = 120.0,
     ) -> None:
         """Load every model in config order; a failure is recorded and logged, never raised."""
         for name, config in self._configs.items():
@@ -76,7 +78,13 @@ class ModelRegistry:
                 self._fail(config, runtime_error or "no TFLite runtime")
                 continue
             try:
-                model = load_model(config, runtime, worker_timeout_s=worker_timeout_s)
+                model = load_model(
+                    config,
+                    runtime,
+                    worker_timeout_s=worker_timeout_s,
+                    probe=probe,
+                    probe_timeout_s=probe_timeout_s,
+                )
             except ModelLoadError as exc:
                 self._fail(config, str(exc))
                 continue

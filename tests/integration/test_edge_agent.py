@@ -172,7 +172,8 @@ def digits() -> DigitsModels:
 def agent(digits: DigitsModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     workdir = tmp_path_factory.mktemp("agent")
     corrupt = workdir / "corrupt.tflite"
-    corrupt.write_bytes(b"this is not a flatbuffer at all " * 8)
+    # A valid file identifier on garbage: some interpreter builds crash on it rather than raise.
+    corrupt.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"garbage " * 64)
     models = [
         *digits_entries(digits, workers=2),
         {"name": "corrupt", "path": str(corrupt)},

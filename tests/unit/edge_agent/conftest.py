@@ -36,6 +36,7 @@ def make_config(tmp_path: Path, digits: DigitsModels) -> Callable[..., AgentConf
             "data_dir": str(tmp_path / "data"),
             "api_address": "127.0.0.1:0",
             "metrics_address": None,
+            "probe_models": False,
             "models": models,
         }
         data.update(settings)
