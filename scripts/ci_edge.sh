@@ -62,7 +62,7 @@ print(f"edge venv without pip, setuptools and test tools: {total / 2**20:.0f} Mi
 PY
   "$EPY" - "$EDGE_VENV/bin/edge-agent" "$HYBRID_TEST_MODELS/mobilenet_v2_fp16.tflite" <<'PY'
 """Resident memory of `edge-agent run` with MobileNetV2 fp16 loaded and one answer given."""
-import os, signal, socket, subprocess, sys, tempfile, time
+import shutil, signal, socket, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -80,31 +80,35 @@ config.write_text(
     f"metrics_address: 'off'\nmodels:\n  - {{name: mobilenet, path: {model}, threads: 2}}\n"
 )
 proc = subprocess.Popen([agent_bin, "run", "--config", str(config)], stderr=subprocess.DEVNULL)
-client = EdgeClient(f"127.0.0.1:{port}", timeout_s=60)
-deadline = time.monotonic() + 120
-while True:
-    try:
-        if client.server_ready():
-            break
-    except Exception:
-        pass
-    if proc.poll() is not None or time.monotonic() > deadline:
-        sys.exit("the agent did not become ready")
-    time.sleep(0.1)
-(spec,) = client.model_metadata("mobilenet").inputs
-result = client.infer("mobilenet", {spec.name: np.zeros((1, 224, 224, 3), np.float32)})
-status = client.status()
-fields = dict(
-    line.split(":", 1) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-)
-print(
-    f"agent RSS with MobileNetV2 fp16 loaded ({status['runtime']}): "
-    f"{fields['VmRSS'].strip()} (peak {fields['VmHWM'].strip()}); "
-    f"answer {result.outputs[next(iter(result.outputs))].shape} served_by={result.served_by}"
-)
-client.close()
-proc.send_signal(signal.SIGTERM)
-sys.exit(proc.wait(timeout=30))
+try:
+    client = EdgeClient(f"127.0.0.1:{port}", timeout_s=60)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if client.server_ready():
+                break
+        except Exception:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit("the agent did not become ready")
+        time.sleep(0.1)
+    (spec,) = client.model_metadata("mobilenet").inputs
+    result = client.infer("mobilenet", {spec.name: np.zeros((1, 224, 224, 3), np.float32)})
+    status = client.status()
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+    )
+    print(
+        f"agent RSS with MobileNetV2 fp16 loaded ({status['runtime']}): "
+        f"{fields['VmRSS'].strip()} (peak {fields['VmHWM'].strip()}); "
+        f"answer {result.outputs[next(iter(result.outputs))].shape} served_by={result.served_by}"
+    )
+    client.close()
+finally:
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=30)
+    shutil.rmtree(work, ignore_errors=True)
+sys.exit(code)
 PY
 }
 

@@ -59,11 +59,11 @@ class DigitsModels:
 
     def data(self) -> tuple[np.ndarray, np.ndarray]:
         with np.load(self.root / "digits_data.npz") as data:
-            return data["x"], data["y"]
+            return np.asarray(data["x"]), np.asarray(data["y"])
 
     def reference(self, kind: str) -> np.ndarray:
         with np.load(self.root / "digits_reference.npz") as data:
-            return data[kind]
+            return np.asarray(data[kind])
 
 
 def cache_dir() -> Path:
@@ -125,7 +125,7 @@ def run_directly(interpreter: Any, x: np.ndarray, *, quantized_output: bool = Fa
     if out["dtype"] == np.int8 and not quantized_output:
         scale, zero_point = out["quantization"]
         result = (result.astype(np.float32) - zero_point) * np.float32(scale)
-    return result
+    return np.asarray(result)
 
 
 def run_model_directly(runtime: str, path: Path, x: np.ndarray, *, threads: int = 1) -> np.ndarray:
@@ -228,7 +228,7 @@ def _quiet_tensorflow() -> Any:
 def train_digits_keras_model() -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A small conv net on the 8x8 digits: (model, x_train, y_train, x_test, y_test)."""
     tf = _quiet_tensorflow()
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
@@ -286,7 +286,7 @@ def build_digits_models(root: Path) -> DigitsModels:
         for kind in DIGITS_KINDS
     }
     np.savez(root / "digits_data.npz", x=x_test, y=y_test)
-    np.savez(root / "digits_reference.npz", **references)
+    np.savez(root / "digits_reference.npz", **references)  # type: ignore[arg-type]
     (root / "digits_labels.txt").write_text("\n".join(DIGITS_LABELS) + "\n")
     files += [root / "digits_data.npz", root / "digits_reference.npz", root / "digits_labels.txt"]
     _record(root, "digits", DIGITS_RECIPE, files)
