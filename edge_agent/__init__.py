@@ -1,13 +1,16 @@
 """The device daemon: local LiteRT inference with fallback to the cloud over MQTT.
 
     config.py      AgentConfig: YAML + HYBRID_AGENT_* environment, validated when built
+    addresses.py   host:port and unix:/path listen addresses
     runtime/       interpreter backends (ai_edge_litert, tflite_runtime, tensorflow.lite)
     models.py      a loaded model: signature, input checks, one interpreter per worker
+    probe.py       loads a model in a child process first, so a crashing file fails alone
     registry.py    configured models and their state (loading, ready, failed + reason)
     router.py      where a request is answered (edge today; the cloud fallback plugs in here)
     api/           the local Open Inference Protocol v2 HTTP API (standard library server)
     metrics.py     Prometheus metrics in the agent's own registry
     lifecycle.py   the request gate that drains in-flight requests on SIGTERM
+    systemd.py     sd_notify (READY=1, STOPPING=1) for a Type=notify unit
     agent.py       Agent: start/stop, run(config), check(config)
     client.py      EdgeClient: a small keep-alive HTTP client for apps on the device
     cli.py         the edge-agent command
