@@ -664,9 +664,12 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body[:10]
         )
-        time.sleep(0.3)
-        agent.process.send_signal(signal.SIGTERM)
         with agent.client() as client:
+            deadline = time.monotonic() + 10
+            while client.status()["detail"]["in_flight"] != 1:
+                assert time.monotonic() < deadline, "the agent never counted the request in"
+                time.sleep(0.01)
+            agent.process.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 10
             while client.server_ready():
                 assert time.monotonic() < deadline, "the agent never stopped being ready"
