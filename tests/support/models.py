@@ -70,8 +70,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
 
 
-def tensorflow_available() -> bool:
-    return importlib.util.find_spec("tensorflow") is not None
+def can_build() -> bool:
+    """Building the models needs TensorFlow and scikit-learn (for the digits)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("tensorflow", "sklearn"))
 
 
 # -- the interpreter, run directly ------------------------------------------------------------
@@ -184,10 +185,11 @@ def ensure_digits_models(root: Path | None = None) -> DigitsModels:
     models = cached_digits(root)
     if models is not None:
         return models
-    if not tensorflow_available():
+    if not can_build():
         raise ModelsUnavailableError(
-            f"no digits test models in {root} and TensorFlow is not installed to build them; run "
-            f"`python scripts/make_test_models.py {root}` where TensorFlow is (or set {CACHE_ENV})"
+            f"no digits test models in {root}, and TensorFlow and scikit-learn are not both "
+            f"installed to build them; run `python scripts/make_test_models.py {root}` where they "
+            f"are (or set {CACHE_ENV})"
         )
     return build_digits_models(root)
 
@@ -197,7 +199,7 @@ def ensure_mobilenet_v2_fp16(root: Path | None = None) -> Path:
     path = root / "mobilenet_v2_fp16.tflite"
     if _matches(root, "mobilenet_v2_fp16", MOBILENET_RECIPE):
         return path
-    if not tensorflow_available():
+    if importlib.util.find_spec("tensorflow") is None:
         raise ModelsUnavailableError(f"no MobileNetV2 in {root} and TensorFlow is not installed")
     return build_mobilenet_v2_fp16(root)
 
