@@ -164,6 +164,7 @@ class Agent:
             server_version=agent_version(),
             status=self.status,
             idle_timeout_s=self.config.idle_timeout_s,
+            max_connections=self.config.max_connections,
         )
 
     def _prepare_data_dir(self) -> None:

@@ -115,6 +115,8 @@ class AgentConfig(BaseModel):
     """How long a request waits for a free interpreter before a 503."""
     idle_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     """A keep-alive connection idle this long is closed."""
+    max_connections: int = Field(default=128, ge=1, le=10_000)
+    """Open connections to the local API (each holds a thread); past it, new ones get 503."""
     probe_models: bool = True
     """Load each model once in a child process first, so a file that crashes the interpreter
     fails only its own model instead of the agent."""

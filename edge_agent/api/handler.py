@@ -63,6 +63,7 @@ class ApiContext:
     server_version: str
     status: Callable[[], dict[str, Any]]
     idle_timeout_s: float
+    max_connections: int
 
 
 class _HasContext(Protocol):

@@ -4,8 +4,10 @@ connection (the standard library's threading servers)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import selectors
 import socket
 import socketserver
 import threading
@@ -23,30 +25,70 @@ LISTEN_BACKLOG = 128
 UNIX_SOCKET_MODE = 0o660
 
 
-class _ServerMixin:
+_TOO_MANY = json.dumps({"error": "too many open connections to the agent; retry later"}).encode()
+_TOO_MANY_ANSWER = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    + f"Content-Length: {len(_TOO_MANY)}\r\nConnection: close\r\n\r\n".encode()
+    + _TOO_MANY
+)
+
+
+class _ServerMixin(socketserver.ThreadingMixIn):
+    """One thread per connection, at most ``context.max_connections`` of them: kept-alive
+    connections each hold a thread, so a client that opens thousands must not get thousands."""
+
+    daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
     context: ApiContext
+
+    def _init_limits(self, context: ApiContext) -> None:
+        self.context = context
+        self._open = 0
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            full = self._open >= self.context.max_connections
+            if not full:
+                self._open += 1
+        if full:
+            logger.warning("refused a connection: %d are open", self.context.max_connections)
+            with contextlib.suppress(OSError):
+                request.sendall(_TOO_MANY_ANSWER)
+            cast(socketserver.TCPServer, self).shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._closed_one()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._closed_one()
+
+    def _closed_one(self) -> None:
+        with self._open_lock:
+            self._open -= 1
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.exception("error on a local API connection")
 
 
-class _TcpServer(_ServerMixin, socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True
+class _TcpServer(_ServerMixin, socketserver.TCPServer):
     allow_reuse_address = True
-    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: TcpAddress, context: ApiContext) -> None:
-        self.context = context
+        self._init_limits(context)
         self.address_family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         super().__init__((address.host, address.port), ApiHandler)
 
 
-class _UnixServer(_ServerMixin, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    request_queue_size = LISTEN_BACKLOG
-
+class _UnixServer(_ServerMixin, socketserver.UnixStreamServer):
     def __init__(self, address: UnixAddress, context: ApiContext) -> None:
-        self.context = context
+        self._init_limits(context)
         super().__init__(str(address.path), ApiHandler)
 
 
@@ -66,6 +108,10 @@ class ApiServer:
         except OSError as exc:
             raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
         self._requested = address
+        # Non-blocking: a connection that vanishes between select and accept must not block the
+        # accept loop (handle_request then returns at once).
+        self._server.socket.setblocking(False)
+        self._wake_reader, self._wake_writer = socket.socketpair()
 
     @property
     def address(self) -> TcpAddress | UnixAddress:
@@ -76,22 +122,31 @@ class ApiServer:
         return TcpAddress(host=str(bound[0]), port=int(bound[1]))
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="edge-agent-api",
-            daemon=True,
-        )
+        self._thread = threading.Thread(target=self._serve, name="edge-agent-api", daemon=True)
         self._thread.start()
         logger.info("local API on %s", _url(self.address))
+
+    def _serve(self) -> None:
+        """Accept until woken: no polling while idle, and ``close`` takes effect at once
+        (``serve_forever`` would wake every poll interval and wait for the next one to stop)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._server, selectors.EVENT_READ)
+            selector.register(self._wake_reader, selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj is self._wake_reader:
+                        return
+                    self._server.handle_request()
 
     def close(self) -> None:
         """Stop accepting and close the socket. Open keep-alive connections die with the process."""
         if self._thread is not None:
-            self._server.shutdown()
+            self._wake_writer.send(b"x")
             self._thread.join()
             self._thread = None
         self._server.server_close()
+        self._wake_reader.close()
+        self._wake_writer.close()
         if isinstance(self._requested, UnixAddress):
             with contextlib.suppress(FileNotFoundError):
                 self._requested.path.unlink()

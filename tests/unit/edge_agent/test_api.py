@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -217,3 +218,25 @@ def test_json_numbers_round_trip_exactly(agent: Agent) -> None:
     got = np.array(answer["outputs"][0]["data"], np.float32).reshape(3, 10)
     want = agent.router.infer("digits_fp32", {DIGITS_INPUT: x}).outputs["output_0"]
     np.testing.assert_array_equal(got, want)
+
+
+def test_connections_past_the_limit_get_503_and_the_rest_keep_serving(
+    make_agent: Callable[..., Agent],
+) -> None:
+    agent = make_agent(max_connections=2)
+    held = [socket.create_connection(("127.0.0.1", _port(agent)), timeout=5) for _ in range(2)]
+    try:
+        for sock in held:  # both served, and kept open
+            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(1000).startswith(b"HTTP/1.1 200 OK")
+        refused = _exchange(agent, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert refused.startswith(b"HTTP/1.1 503 ")
+        assert b"too many open connections" in refused
+    finally:
+        for sock in held:
+            sock.close()
+    # Once they close, new connections are served again.
+    deadline = time.monotonic() + 5
+    while not _exchange(agent, b"GET /v2/health/live HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
