@@ -402,6 +402,30 @@ def test_concurrent_requests_each_get_their_own_answer(
         assert np.abs(got - expected[job]).max() <= step, job
 
 
+def test_tritonclient_http_works_unchanged(agent: AgentProcess, digits: DigitsModels) -> None:
+    """Where tritonclient is installed (not in the light edge venv), it talks to the agent as is."""
+    triton = pytest.importorskip("tritonclient.http")
+    x, _ = digits.data()
+    client = triton.InferenceServerClient(agent.api_address)
+    assert client.is_server_ready()
+    assert client.is_model_ready("digits_int8")
+    with EdgeClient(agent.api_address) as edge:
+        expected = edge.infer("digits_int8", {DIGITS_INPUT: x[:3]}).outputs[DIGITS_OUTPUT]
+    for binary in (True, False):
+        tensor = triton.InferInput(DIGITS_INPUT, [3, 64], "FP32")
+        tensor.set_data_from_numpy(x[:3], binary_data=binary)
+        wanted = triton.InferRequestedOutput(DIGITS_OUTPUT, binary_data=binary)
+        result = client.infer("digits_int8", [tensor], outputs=[wanted], request_id="tc")
+        np.testing.assert_array_equal(result.as_numpy(DIGITS_OUTPUT), expected)
+        assert result.get_response()["parameters"] == {"served_by": "edge"}
+        assert result.get_response()["id"] == "tc"
+    top = triton.InferRequestedOutput(DIGITS_OUTPUT, class_count=1)
+    labels = client.infer("digits_fp32", [tensor], outputs=[top]).as_numpy(DIGITS_OUTPUT)
+    assert labels.shape == (3, 1)
+    assert labels[0, 0].decode().split(":")[2] in DIGITS_LABELS
+    client.close()
+
+
 # -- bad input -------------------------------------------------------------------------------
 
 
