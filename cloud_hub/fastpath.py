@@ -8,12 +8,14 @@ checks, body limits and error bodies are the same as the app's.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocols import HEADER_LENGTH_HEADER, ProtocolError
 
@@ -102,12 +104,33 @@ class InferencePath:
             size += len(chunk)
             if size > self.max_body_bytes:
                 self.access.rejected("body_too_large")
+                await _discard_rest(receive, message)
                 raise PayloadTooLargeError(
                     f"request body is over the limit of {self.max_body_bytes} bytes"
                 )
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _discard_rest(
+    receive: Receive, message: Message, *, max_bytes: int = 64 << 20, max_s: float = 2.0
+) -> None:
+    """Read and drop what the client is still sending, for a while, before answering 413.
+
+    Closing a socket with unread data makes the kernel reset the connection, and the reset can
+    reach the client before the 413 does; a client that is still uploading would never see why.
+    """
+    deadline = time.monotonic() + max_s
+    dropped = 0
+    while message.get("more_body", False) and dropped < max_bytes and time.monotonic() < deadline:
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        dropped += len(message.get("body", b""))
 
 
 async def _send_error(send: Send, status: int, message: str, extra: list[tuple[str, str]]) -> None:
