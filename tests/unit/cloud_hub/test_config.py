@@ -152,7 +152,8 @@ def test_batch_limit_from_fixed_shape_ranges() -> None:
     from cloud_hub.repository import _check_batch_limit
 
     class Profiled:
-        shape_ranges = {"x": ShapeRange(min=(1, 3), opt=(4, 3), max=(8, 3))}
+        def __init__(self) -> None:
+            self.shape_ranges = {"x": ShapeRange(min=(1, 3), opt=(4, 3), max=(8, 3))}
 
     _check_batch_limit(Profiled(), ModelConfig(backend="tensorrt", max_batch_size=8))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="max_batch_size 16 is larger than the 8"):
