@@ -5,6 +5,7 @@
 - :mod:`protocols.envelope`: MQTT payloads (plain JSON or the ``HIB1`` frame).
 - :mod:`protocols.topics`: MQTT topic builders and parsers, device id rules.
 - :mod:`protocols.messages`: device status and telemetry.
+- :mod:`protocols.manifest`: the manifest of a converted model artifact.
 - :mod:`protocols.errors`: one error per kind of bad input; :mod:`protocols.limits`: size limits.
 
 This package does no I/O and imports nothing else of the project.
@@ -55,6 +56,23 @@ from .errors import (
     ValueOverflowError,
 )
 from .limits import DEFAULT_LIMITS, Limits
+from .manifest import (
+    MANIFEST_FILENAME,
+    MANIFEST_SCHEMA_VERSION,
+    ArtifactFormat,
+    ArtifactManifest,
+    CalibrationInfo,
+    LatencyReport,
+    ManifestTensor,
+    OutputFidelity,
+    Precision,
+    QuantizationParameters,
+    SourceFormat,
+    SourceInfo,
+    Thresholds,
+    ValidationReport,
+    canonical_json,
+)
 from .messages import DeviceState, DeviceStatus, Telemetry
 from .oip import (
     ErrorResponse,
@@ -92,8 +110,13 @@ __all__ = [
     "DEFAULT_LIMITS",
     "FRAME_MAGIC",
     "HEADER_LENGTH_HEADER",
+    "MANIFEST_FILENAME",
+    "MANIFEST_SCHEMA_VERSION",
     "PROTOCOL_VERSION",
+    "ArtifactFormat",
+    "ArtifactManifest",
     "BinaryFormatError",
+    "CalibrationInfo",
     "DataError",
     "Datatype",
     "DatatypeError",
@@ -106,25 +129,35 @@ __all__ = [
     "ErrorResponse",
     "InferenceRequest",
     "InferenceResponse",
+    "LatencyReport",
     "LimitExceededError",
     "Limits",
+    "ManifestTensor",
     "MessageError",
     "ModelMetadata",
     "MqttErrorResponse",
     "MqttInferenceRequest",
+    "OutputFidelity",
     "PayloadTooLargeError",
+    "Precision",
     "ProtocolError",
+    "QuantizationParameters",
     "RequestInput",
     "RequestOutput",
     "ResponseOutput",
     "ServerMetadata",
     "ShapeError",
+    "SourceFormat",
+    "SourceInfo",
     "Telemetry",
     "TensorMetadata",
+    "Thresholds",
     "Topic",
     "TopicError",
     "TopicKind",
+    "ValidationReport",
     "ValueOverflowError",
+    "canonical_json",
     "content_type_of",
     "datatype_of",
     "decode_mqtt_request",
