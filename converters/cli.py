@@ -1,0 +1,431 @@
+"""``model-convert``: device-specific artifacts from one source model, validated.
+
+Commands map flags onto the library (:func:`converters.build.build`,
+:func:`converters.artifact.inspect_artifact`, ...). Results go to stdout (``--json`` for
+programs), progress and logs to stderr, and the exit code says what happened (see
+:data:`converters.errors.EXIT_CODES`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import EXIT_CODES, ConversionError, ValidationFailedError
+
+__all__ = ["main"]
+
+logger = logging.getLogger("converters.cli")
+
+PROG = "model-convert"
+
+
+def _exit_codes_text() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Build device-specific model artifacts (TFLite, ONNX, TensorRT) from one "
+        "source model, each validated against the source and described by a manifest.",
+        epilog=_exit_codes_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = commands.add_parser(
+        "build",
+        help="convert SOURCE for each profile, validate, write artifacts and manifests",
+        epilog=_exit_codes_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    build.add_argument(
+        "source", type=Path, help=".keras/.h5/.onnx file, SavedModel folder, or an archive of one"
+    )
+    build.add_argument(
+        "--profile",
+        "-p",
+        dest="profiles",
+        action="append",
+        required=True,
+        metavar="PROFILE",
+        help="a profile name (see `model-convert profiles`) or a YAML file; repeat for more",
+    )
+    build.add_argument(
+        "--out", "-o", type=Path, required=True, help="output folder: one sub-folder per profile"
+    )
+    build.add_argument(
+        "--calibration",
+        type=Path,
+        help=".npz of real inputs for int8 calibration (one array per input, samples first); "
+        "without it, int8 is calibrated on generated data, with a warning",
+    )
+    build.add_argument(
+        "--samples",
+        type=Path,
+        help=".npz of inputs to validate on; without it, random samples are generated",
+    )
+    build.add_argument("--name", help="artifact name in the manifests (default: the source's stem)")
+    build.add_argument("--version", default="1", help="artifact version in the manifests")
+    build.add_argument(
+        "--overwrite", action="store_true", help="replace artifacts already in the output folder"
+    )
+    build.add_argument(
+        "--sample-count", type=int, default=64, help="generated validation samples (default 64)"
+    )
+    build.add_argument(
+        "--no-latency", action="store_true", help="skip the host latency measurement"
+    )
+    _common(build)
+
+    profiles = commands.add_parser("profiles", help="list the built-in and user profiles")
+    _common(profiles)
+
+    inspect = commands.add_parser("inspect", help="show an artifact's manifest and check its file")
+    inspect.add_argument("artifact", type=Path, help="an artifact folder (holding manifest.json)")
+    inspect.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    validate = commands.add_parser(
+        "validate",
+        help="check an artifact again: file against manifest, and against its source if given",
+    )
+    validate.add_argument("artifact", type=Path, help="an artifact folder (holding manifest.json)")
+    validate.add_argument(
+        "--source",
+        type=Path,
+        help="the source model, to compare outputs under the manifest's thresholds",
+    )
+    validate.add_argument("--samples", type=Path, help=".npz of inputs (the source's layout)")
+    validate.add_argument("--sample-count", type=int, default=64)
+    validate.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def _common(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--profile-dir",
+        dest="profile_dirs",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="a folder of user profiles (also HYBRID_CONVERT_PROFILE_DIRS)",
+    )
+    command.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    if command.prog.endswith("build"):
+        command.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+
+
+@contextlib.contextmanager
+def _reserved_stdout(enabled: bool) -> Iterator[TextIO]:
+    """While enabled, anything written to file descriptor 1 (libraries print there) goes to
+    stderr; the yielded stream is the real stdout, kept for the command's own output."""
+    if not enabled:
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    real = os.fdopen(os.dup(saved), "w", encoding="utf-8")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield real
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        real.flush()
+        real.close()
+
+
+def _print_json(out: TextIO, data: Any) -> None:
+    out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    out.flush()
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def _fidelity_cells(report: Any) -> tuple[str, str, str]:
+    outputs = report.outputs
+    cosine = min((o.cosine_similarity for o in outputs), default=1.0)
+    top1s = [o.top1_agreement for o in outputs if o.top1_agreement is not None]
+    top1 = f"{min(top1s):.2%}" if top1s else "-"
+    latency = report.latency
+    timing = f"{latency.p50_ms:.2f}/{latency.p95_ms:.2f}" if latency else "-"
+    return f"{cosine:.6f}", top1, timing
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def _cmd_build(args: argparse.Namespace, out: TextIO) -> int:
+    from .build import BuildRequest, build
+    from .progress import StderrProgress
+    from .validation import LatencyPlan
+
+    progress = None if args.quiet else StderrProgress()
+    try:
+        result = build(
+            BuildRequest(
+                source=args.source,
+                profiles=args.profiles,
+                out_dir=args.out,
+                calibration=args.calibration,
+                samples=args.samples,
+                name=args.name,
+                version=args.version,
+                overwrite=args.overwrite,
+                profile_dirs=args.profile_dirs,
+                sample_count=args.sample_count,
+                latency=None if args.no_latency else LatencyPlan(),
+            ),
+            progress=progress,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.json:
+        _print_json(
+            out,
+            {
+                "artifacts": [
+                    {
+                        "profile": a.profile.name,
+                        "directory": str(a.directory),
+                        "file": str(a.file),
+                        "manifest": a.manifest.model_dump(mode="json"),
+                    }
+                    for a in result.artifacts
+                ],
+                "warnings": list(result.warnings),
+            },
+        )
+        return 0
+    rows = [["profile", "format", "precision", "size", "cosine", "top-1", "p50/p95 ms", "path"]]
+    for a in result.artifacts:
+        m = a.manifest
+        rows.append(
+            [
+                m.profile,
+                m.format,
+                m.precision,
+                _human_size(m.size_bytes),
+                *_fidelity_cells(m.validation),
+                str(a.file),
+            ]
+        )
+    out.write(_table(rows) + "\n")
+    for warning in result.warnings:
+        out.write(f"note: {warning}\n")
+    return 0
+
+
+def _cmd_profiles(args: argparse.Namespace, out: TextIO) -> int:
+    from .profiles import available_profiles, load_profile
+
+    entries = available_profiles(args.profile_dirs)
+    listed: list[dict[str, Any]] = []
+    for entry in entries.values():
+        try:
+            profile = load_profile(entry.path, dirs=args.profile_dirs)
+        except ConversionError as exc:
+            listed.append(
+                {
+                    "name": entry.name,
+                    "path": str(entry.path),
+                    "builtin": entry.builtin,
+                    "error": exc.message,
+                }
+            )
+            continue
+        listed.append(
+            {
+                "name": profile.name,
+                "path": str(entry.path),
+                "builtin": entry.builtin,
+                **profile.model_dump(mode="json", exclude={"name", "validation"}),
+                "thresholds": profile.thresholds.model_dump(mode="json"),
+            }
+        )
+    if args.json:
+        _print_json(out, {"profiles": listed})
+        return 0
+    rows = [["name", "device class", "format", "precision", "threads", "origin", "description"]]
+    for item in listed:
+        if "error" in item:
+            rows.append(
+                [item["name"], "-", "-", "-", "-", str(item["path"]), f"INVALID: {item['error']}"]
+            )
+            continue
+        rows.append(
+            [
+                item["name"],
+                item["device_class"],
+                item["format"],
+                item["precision"],
+                str(item["threads"]),
+                "built-in" if item["builtin"] else str(item["path"]),
+                item["description"],
+            ]
+        )
+    out.write(_table(rows) + "\n")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
+    from .artifact import inspect_artifact
+
+    inspection = inspect_artifact(args.artifact)
+    m = inspection.manifest
+    if args.json:
+        _print_json(
+            out, {"manifest": m.model_dump(mode="json"), "problems": list(inspection.problems)}
+        )
+        return 0 if not inspection.problems else ValidationFailedError.exit_code
+
+    def tensors(items: Any) -> str:
+        lines = []
+        for t in items:
+            extra = f" {t.layout}" if t.layout else ""
+            if t.quantization is not None:
+                q = t.quantization
+                extra += (
+                    f" scale={q.scale[0]:.6g} zero_point={q.zero_point[0]}"
+                    if len(q.scale) == 1
+                    else f" per-channel({len(q.scale)}, axis {q.axis})"
+                )
+            lines.append(f"    {t.name} {t.datatype.value}{t.shape}{extra}")
+        return "\n".join(lines)
+
+    report = m.validation
+    cosine, top1, timing = _fidelity_cells(report)
+    text = [
+        f"{m.name} {m.version}  ({m.profile}: {m.format} {m.precision} for {m.device_class})",
+        f"  file       {m.file}, {_human_size(m.size_bytes)} ({m.size_bytes:,} bytes)",
+        f"  sha256     {m.sha256} "
+        + (
+            "(ok)"
+            if not inspection.problems
+            else "(MISMATCH: " + "; ".join(inspection.problems) + ")"
+        ),
+        "  inputs",
+        tensors(m.inputs),
+        "  outputs",
+        tensors(m.outputs),
+        f"  source     {m.source.filename} ({m.source.format}, sha256 {m.source.sha256[:16]}...)",
+    ]
+    if m.calibration is not None:
+        text.append(f"  calibrated on {m.calibration.samples} {m.calibration.origin} samples")
+    text += [
+        (
+            f"  validation {'passed' if report.passed else 'FAILED'} on {report.samples} {report.samples_origin} "
+            f"samples: cosine {cosine}, top-1 {top1}, p50/p95 {timing} ms"
+        ),
+        *(f"    {failure}" for failure in report.failures),
+        "  tools      " + ", ".join(f"{k} {v}" for k, v in sorted(m.tools.items())),
+        f"  created    {m.created_at.isoformat()}",
+    ]
+    out.write("\n".join(text) + "\n")
+    return 0 if not inspection.problems else ValidationFailedError.exit_code
+
+
+def _cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
+    from .artifact import validate_artifact
+    from .validation import LatencyPlan
+
+    report = validate_artifact(
+        args.artifact,
+        source=args.source,
+        samples=args.samples,
+        sample_count=args.sample_count,
+        latency=LatencyPlan() if args.source is not None else None,
+    )
+    if args.json:
+        _print_json(out, {"report": report.model_dump(mode="json")})
+        return 0
+    if args.source is None:
+        out.write(
+            f"ok: the file matches its manifest, loads and runs on {report.samples} samples\n"
+        )
+    else:
+        cosine, top1, timing = _fidelity_cells(report)
+        out.write(
+            f"ok: {report.samples} {report.samples_origin} samples, cosine {cosine}, top-1 {top1}, "
+            f"p50/p95 {timing} ms\n"
+        )
+    return 0
+
+
+COMMANDS = {
+    "build": _cmd_build,
+    "profiles": _cmd_profiles,
+    "inspect": _cmd_inspect,
+    "validate": _cmd_validate,
+}
+
+
+def _error_json(exc: ConversionError) -> dict[str, Any]:
+    error: dict[str, Any] = {
+        "kind": type(exc).__name__,
+        "message": exc.message,
+        "exit_code": exc.exit_code,
+    }
+    if isinstance(exc, ValidationFailedError):
+        error["reports"] = {k: v.model_dump(mode="json") for k, v in exc.reports.items()}
+    return {"error": error}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = (
+        logging.WARNING
+        if args.verbose == 0
+        else logging.INFO
+        if args.verbose == 1
+        else logging.DEBUG
+    )
+    logging.basicConfig(level=level, format=f"{PROG}: %(levelname)s: %(message)s")
+    if args.verbose < 2:
+        for noisy in ("tf2onnx", "absl", "h5py"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    use_json = bool(getattr(args, "json", False))
+    with _reserved_stdout(use_json) as out:
+        try:
+            return COMMANDS[args.command](args, out)
+        except ConversionError as exc:
+            if use_json:
+                _print_json(out, _error_json(exc))
+            print(f"{PROG}: error: {exc.message}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        except Exception:
+            logger.exception("unexpected failure")
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
