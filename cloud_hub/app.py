@@ -26,7 +26,7 @@ from protocols import (
     ServerMetadata,
 )
 
-from . import __version__
+from . import __version__, artifacts, conversions
 from .access import Access
 from .auth import Principal
 from .errors import HubError, PayloadTooLargeError, error_headers
@@ -249,6 +249,9 @@ def create_app(settings: HubSettings) -> ASGIApp:
     async def unload_model(model: str) -> dict[str, Any]:
         await repository.unload(model)
         return {}
+
+    app.include_router(artifacts.router(settings, access))
+    app.include_router(conversions.router(settings, access, repository))
 
     app.add_middleware(BodyLimit, max_bytes=settings.limits.payload_max_bytes, metrics=metrics)
     return InferencePath(

@@ -172,6 +172,8 @@ class HubSettings(BaseSettings):
     gil_switch_interval_s: Annotated[float, Field(gt=0, le=0.1)] = 0.0005
     """CPython's thread switch interval for the hub process (its default is 0.005)."""
     server_name: str = "hybrid-inference-hub"
+    artifact_store: Path | None = None
+    """Where conversion jobs put artifacts; ``<model_repository>/.artifacts`` when unset."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("model_repository")
