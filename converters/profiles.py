@@ -4,7 +4,8 @@ A profile is a YAML file. The built-in ones live in ``converters/profiles/``; us
 as files (``--profile path/to/edge.yaml``) or in folders named by ``--profile-dir`` or
 ``HYBRID_CONVERT_PROFILE_DIRS`` (``os.pathsep``-separated), whose profiles are found by name and
 shadow built-ins of the same name. A user profile may start from another with ``extends: NAME``
-and change only what differs::
+and change only what differs (a file in a profile folder that shadows a built-in may extend
+the built-in of its own name)::
 
     extends: rpi4-litert-int8
     name: rpi4-litert-int8-strict
@@ -235,11 +236,14 @@ def _raw_with_bases(path: Path, dirs: list[Path], seen: tuple[Path, ...]) -> dic
     if not isinstance(base_ref, str):
         raise ProfileError(f"profile file {path}: 'extends' must name one profile")
     entries = available_profiles(dirs)
-    base_path = (
-        (path.parent / base_ref)
-        if _is_path(base_ref)
-        else (entries[base_ref].path if base_ref in entries else None)
-    )
+    if _is_path(base_ref):
+        base_path: Path | None = path.parent / base_ref
+    elif base_ref in entries and entries[base_ref].path.resolve() != path.resolve():
+        base_path = entries[base_ref].path
+    elif (BUILTIN_DIR / f"{base_ref}.yaml").is_file():
+        base_path = BUILTIN_DIR / f"{base_ref}.yaml"  # a user file that shadows the built-in
+    else:
+        base_path = None
     if base_path is None:
         raise ProfileError(
             f"profile file {path} extends unknown profile {base_ref!r}; "

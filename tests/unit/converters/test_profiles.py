@@ -138,3 +138,12 @@ def test_every_supported_precision_has_default_thresholds() -> None:
     order = ["fp32", "fp16", "int8-dynamic", "int8"]
     cosines = [DEFAULT_THRESHOLDS[p].min_cosine_similarity for p in order]
     assert cosines == sorted(cosines, reverse=True)
+
+
+def test_a_shadowing_user_profile_may_extend_the_builtin_of_its_name(tmp_path: Path) -> None:
+    (tmp_path / "rpi4-litert-int8.yaml").write_text(
+        "extends: rpi4-litert-int8\ncalibration_samples: 32\n"
+    )
+    profile = load_profile("rpi4-litert-int8", dirs=[tmp_path])
+    assert profile.calibration_samples == 32
+    assert (profile.format, profile.precision, profile.threads) == ("tflite", "int8", 4)
