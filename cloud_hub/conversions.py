@@ -179,6 +179,7 @@ class ConversionService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pool: ProcessPoolExecutor | None = None
         self._publish_lock = asyncio.Lock()
+        self._closing = False
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -366,13 +367,12 @@ class ConversionService:
                 outcome = await asyncio.wrap_future(future)
             except BrokenProcessPool:
                 self._pool = None
-                outcome = {
-                    "ok": False,
-                    "error": {
-                        "kind": "WorkerDied",
-                        "message": "the conversion worker process died (out of memory?)",
-                    },
-                }
+                reason = (
+                    "the hub shut down while the conversion ran"
+                    if self._closing
+                    else "the conversion worker process died (out of memory?)"
+                )
+                outcome = {"ok": False, "error": {"kind": "WorkerDied", "message": reason}}
             job.refresh()
             if not outcome.get("ok"):
                 self._finish(job, JobState.FAILED, error=outcome.get("error"))
@@ -403,7 +403,10 @@ class ConversionService:
             logger.exception("conversion %s failed", job.id)
             self._finish(job, JobState.FAILED, error={"kind": "InternalError", "message": str(exc)})
         finally:
-            await asyncio.to_thread(_remove, upload_dir, build_dir)
+            if self._closing:
+                _remove(upload_dir, build_dir)  # the loop is about to stop: no thread hand-off
+            else:
+                await asyncio.to_thread(_remove, upload_dir, build_dir)
 
     def _artifact_json(self, job: Job, built: dict[str, Any]) -> dict[str, Any]:
         manifest = built["manifest"]
@@ -491,13 +494,19 @@ class ConversionService:
     async def close(self) -> None:
         """Stop the worker: a running conversion is abandoned (its job fails), an idle worker
         exits cleanly."""
+        self._closing = True
         pool, self._pool = self._pool, None
         if pool is not None:
             if self._pending():
                 # ProcessPoolExecutor has no public way to stop a task that is running
-                for process in list(getattr(pool, "_processes", {}).values()):
+                processes = list(getattr(pool, "_processes", {}).values())
+                for process in processes:
                     process.terminate()
+                for process in processes:
+                    await asyncio.to_thread(process.join, 10.0)
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=10.0)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
