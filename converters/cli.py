@@ -22,7 +22,7 @@ from .errors import EXIT_CODES, ConversionError, ValidationFailedError
 
 __all__ = ["main"]
 
-logger = logging.getLogger("converters.cli")
+logger = logging.getLogger(__name__)
 
 PROG = "model-convert"
 

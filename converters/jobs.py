@@ -51,9 +51,13 @@ def init_worker(log_level: int) -> None:
 
 
 def _write_progress(path: Path, step: str, fraction: float) -> None:
+    """Best effort: progress that cannot be written never fails the job."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({"step": step, "fraction": round(fraction, 4)}))
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(json.dumps({"step": step, "fraction": round(fraction, 4)}))
+        os.replace(temporary, path)
+    except OSError as exc:
+        logger.debug("progress not written: %s", exc)
 
 
 def run_job(spec: JobSpec) -> dict[str, Any]:

@@ -7,9 +7,7 @@ import hashlib
 import importlib.util
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -344,19 +342,11 @@ def test_an_nchw_onnx_artifact_from_an_nhwc_keras_model(tmp_path: Path) -> None:
     assert artifact.manifest.validation.passed
 
 
-def _tensorrt_ready() -> Callable[[], Any]:
-    def check() -> Any:
-        trt = pytest.importorskip("tensorrt")
-        pytest.importorskip("pycuda.driver")
-        return trt
-
-    return check
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("profile", ["cloud-gpu-trt-fp16", "jetson-orin-trt-int8"])
 def test_tensorrt_plans_on_a_gpu(digits: Digits, tmp_path: Path, profile: str) -> None:
-    _tensorrt_ready()()
+    pytest.importorskip("tensorrt")
+    pytest.importorskip("pycuda.driver")
     result = build(
         BuildRequest(
             source=digits.source.keras,
