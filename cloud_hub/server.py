@@ -7,7 +7,6 @@ to ``graceful_shutdown_s``); then the lifespan drains every model's queue and cl
 from __future__ import annotations
 
 import logging
-import sys
 
 import uvicorn
 
@@ -29,10 +28,6 @@ def run(settings: HubSettings) -> None:
                 "(403 for everyone else); configure auth to serve the network",
                 settings.host,
             )
-    # Inference threads hand results back to the event loop; with CPython's default 5 ms switch
-    # interval they wait that long for the GIL whenever the loop is busy, which dominates the
-    # latency of small models under load.
-    sys.setswitchinterval(settings.gil_switch_interval_s)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -169,8 +169,6 @@ class HubSettings(BaseSettings):
     """Serve /metrics without credentials (Prometheus scrapers usually have none)."""
     graceful_shutdown_s: Annotated[float, Field(ge=0)] = 30.0
     """How long in-flight requests may take to finish after SIGTERM."""
-    gil_switch_interval_s: Annotated[float, Field(gt=0, le=0.1)] = 0.0005
-    """CPython's thread switch interval for the hub process (its default is 0.005)."""
     server_name: str = "hybrid-inference-hub"
     artifact_store: Path | None = None
     """Where conversion jobs put artifacts; ``<model_repository>/.artifacts`` when unset."""
