@@ -209,7 +209,7 @@ def run(quick: bool = False) -> str:
             example=rng.random((1, 64), np.float32),
             binary=False,
             max_batch_size=64,
-            max_queue_delay_us=500,
+            max_queue_delay_us=100,
             duration_s=1.5 if quick else 4.0,
         ),
         Case(

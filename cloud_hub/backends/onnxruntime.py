@@ -81,6 +81,12 @@ class OnnxRuntimeBackend:
         so.intra_op_num_threads = options.intra_op_threads
         so.inter_op_num_threads = options.inter_op_threads
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not options.parameters.get("allow_spinning", False):
+            # ONNX Runtime's idle threads spin by default, taking the CPU the hub's event loop
+            # needs: on a 2-core host that halved MobileNetV2's throughput and multiplied its p99
+            # by ten (benchmarks/RESULTS.md). ``allow_spinning: true`` restores it.
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers = choose_providers(ort.get_available_providers(), options)
         try:
             session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
