@@ -173,6 +173,8 @@ def _measure(
 def run_case(
     case: Case, levels: tuple[int, ...]
 ) -> tuple[list[LoadResult], list[LoadResult], list[LoadResult] | None]:
+    """Both servers up at once, measured in turn at each level, so a change in the machine's
+    background load falls on both alike."""
     encoded = encode_request(
         {case.input_name: case.example}, binary=case.binary, binary_outputs=case.binary
     )
@@ -181,20 +183,21 @@ def run_case(
     if encoded.header_length is not None:
         headers["Inference-Header-Content-Length"] = str(encoded.header_length)
     path = f"/v2/models/{case.name}/infer"
+    hub_results: list[LoadResult] = []
+    naive_results: list[LoadResult] = []
+    ceiling: list[LoadResult] | None = None if case.binary else []
     with tempfile.TemporaryDirectory() as tmp:
-        hub, port = _serve_hub(case, Path(tmp))
+        hub, hub_port = _serve_hub(case, Path(tmp))
+        naive, naive_port = _serve_naive(case)
         try:
-            hub_results = _measure(port, path, body, headers, case, levels)
+            for level in levels:
+                hub_results += _measure(hub_port, path, body, headers, case, (level,))
+                naive_results += _measure(naive_port, path, body, headers, case, (level,))
+                if ceiling is not None:
+                    ceiling += _measure(naive_port, "/ping", b"{}", {}, case, (level,))
         finally:
             _stop(hub)
-    naive, port = _serve_naive(case)
-    try:
-        naive_results = _measure(port, path, body, headers, case, levels)
-        ceiling = None
-        if not case.binary:
-            ceiling = _measure(port, "/ping", b"{}", {}, case, levels)
-    finally:
-        _stop(naive)
+            _stop(naive)
     return hub_results, naive_results, ceiling
 
 
