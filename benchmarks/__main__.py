@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ["benchmarks.protocol_codec", "benchmarks.edge_overhead", "benchmarks.hub_batching", "benchmarks.converter"]
+BENCHMARKS = [
+    "benchmarks.protocol_codec",
+    "benchmarks.edge_overhead",
+    "benchmarks.hub_batching",
+    "benchmarks.converter",
+]
 
 if __name__ == "__main__":
     for name in BENCHMARKS:
