@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -37,7 +38,15 @@ __all__ = [
     "CONFIG_FILE_ENV",
     "ENV_PREFIX",
     "AgentConfig",
+    "BreakerConfig",
+    "CloudConfig",
+    "ConfidenceRule",
+    "FallbackConfig",
+    "FallbackPolicy",
     "ModelConfig",
+    "OnCloudUnavailable",
+    "OutboxConfig",
+    "RemoteModelConfig",
     "RuntimeChoice",
     "load_config",
 ]
@@ -51,6 +60,9 @@ VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 _DISABLED = {"", "none", "null", "off", "disabled"}
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+FallbackPolicy = Literal["never", "always", "on_low_confidence", "on_missing"]
+ConfidenceRule = Literal["max_probability", "entropy"]
+OnCloudUnavailable = Literal["local", "error", "queue"]
 
 
 def _resolve(path: Path, info: ValidationInfo) -> Path:
@@ -59,6 +71,151 @@ def _resolve(path: Path, info: ValidationInfo) -> Path:
     if base is not None and not path.is_absolute():
         return Path(base) / path
     return path
+
+
+class FallbackConfig(BaseModel):
+    """When a local model's requests go to the cloud, and what happens when the cloud is away.
+
+    ``policy``: ``never`` (the default: edge only), ``always``, ``on_low_confidence`` (run here,
+    hand over when the answer's confidence is under ``threshold``), ``on_missing`` (only when the
+    model is not serving here: missing file, failed or still loading). Every policy but ``never``
+    also hands over a model that is not serving here, and, with ``latency_budget_s``, a request
+    that would wait longer than that for a local worker.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: FallbackPolicy = "never"
+    cloud_model: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
+    """The hub's model for this one; defaults to the same name."""
+    cloud_version: str | None = Field(default=None, pattern=VERSION_PATTERN)
+    """The hub's version; defaults to whatever the hub serves."""
+    confidence: ConfidenceRule = "max_probability"
+    """``max_probability``: the top class's probability; ``entropy``: 1 - H(p)/ln(classes),
+    KubeEdge Sedna's CrossEntropy hard-example score. Both are in [0, 1]; under ``threshold``
+    the request goes to the cloud."""
+    threshold: float = Field(default=0.8, gt=0, le=1)
+    confidence_output: str | None = None
+    """The output holding class scores; defaults to the model's first output."""
+    softmax: bool | None = None
+    """Apply a softmax to the scores first: ``true``, ``false``, or unset to apply it only to rows
+    that are not already probabilities."""
+    latency_budget_s: float | None = Field(default=None, gt=0, le=3600)
+    """Hand over a request whose expected local wait plus run time is over this budget."""
+    deadline_s: float = Field(default=5.0, gt=0, le=3600)
+    """How long a request may take in the cloud, retries included (also its Message Expiry)."""
+    on_cloud_unavailable: OnCloudUnavailable = "local"
+    """``local``: answer here, marked degraded; ``error``: fail (503, at once while the breaker
+    is open; 504 after a deadline); ``queue``: keep it in the outbox, answer 202 with the id."""
+
+
+class RemoteModelConfig(BaseModel):
+    """A model that is not on the device: its requests go to the cloud model it maps to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
+    """The name apps use (``/v2/models/{name}/infer``)."""
+    cloud_model: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
+    """The hub's model; defaults to ``name``."""
+    cloud_version: str | None = Field(default=None, pattern=VERSION_PATTERN)
+    deadline_s: float = Field(default=5.0, gt=0, le=3600)
+    on_cloud_unavailable: Literal["error", "queue"] = "error"
+    """Nothing can answer here, so ``local`` is not an option."""
+
+
+class BreakerConfig(BaseModel):
+    """The circuit breaker on the cloud link."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    failures: int = Field(default=5, ge=1, le=10_000)
+    """Consecutive failed cloud requests (timeouts) that open the breaker."""
+    cooldown_s: float = Field(default=10.0, gt=0, le=3600)
+    """How long it stays open before letting probe requests through (half-open)."""
+    half_open_probes: int = Field(default=1, ge=1, le=1000)
+    """Requests let through at once while half-open; one success closes it, a failure reopens it."""
+
+
+class OutboxConfig(BaseModel):
+    """The on-disk outbox (SQLite in ``data_dir``) for queued requests, their answers and telemetry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_requests: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Queued requests and answers not yet expired; past it, new requests get 503."""
+    max_telemetry: int = Field(default=1_000, ge=1, le=10_000_000)
+    """Telemetry messages waiting; past it, the oldest is dropped."""
+    ttl_s: float = Field(default=86_400.0, gt=0)
+    """A queued request not answered within this is dropped (and counted)."""
+    answer_ttl_s: float = Field(default=3_600.0, gt=0)
+    """An answer is kept this long for the app to fetch, then dropped."""
+    synchronous: Literal["full", "normal"] = "full"
+    """SQLite ``synchronous``: ``full`` survives power loss; ``normal`` survives a killed agent
+    (not a power cut) and writes faster."""
+
+
+class CloudConfig(BaseModel):
+    """The cloud link: MQTT 5 to the broker the hubs listen on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    broker: str
+    """``host:port`` of the MQTT broker."""
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)
+    """Defaults to ``edge-{device_id}``; must stay the same across restarts (persistent session)."""
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(default=3600, ge=0, le=4_294_967_295)
+    """How long the broker keeps this device's session (subscription, answers) while it is away."""
+    reconnect_min_s: float = Field(default=0.5, gt=0, le=3600)
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
+    max_in_flight: int = Field(default=256, ge=1, le=65_535)
+    """Cloud requests awaiting an answer at once; more wait for a slot (or count as unavailable)."""
+    retry_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    """A request not answered within this is sent again with the same id."""
+    telemetry_interval_s: float = Field(default=60.0, ge=0, le=86_400)
+    """Telemetry period; 0 disables it."""
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    remote_models: tuple[RemoteModelConfig, ...] = ()
+    """Models not on the device, answered by the cloud (``fallback_reason: missing``)."""
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        if not isinstance(_parse(value), TcpAddress):
+            raise ValueError("the broker needs a TCP address (host:port)")
+        return value
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _files(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _checks(self) -> CloudConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        if self.password is not None and self.username is None:
+            raise ValueError("a password needs a username")
+        seen: set[str] = set()
+        for model in self.remote_models:
+            if model.name in seen:
+                raise ValueError(f"remote model {model.name!r} appears twice")
+            seen.add(model.name)
+        return self
+
+    @property
+    def address(self) -> TcpAddress:
+        address = parse_address(self.broker)
+        assert isinstance(address, TcpAddress)  # checked by the validator
+        return address
 
 
 class ModelConfig(BaseModel):
@@ -78,6 +235,8 @@ class ModelConfig(BaseModel):
     """Text file, one class label per line, used by the classification extension."""
     version: str = Field(default="1", pattern=VERSION_PATTERN)
     """The version this model is served as (``/v2/models/{name}/versions/{version}``)."""
+    fallback: FallbackConfig = Field(default_factory=FallbackConfig)
+    """When its requests go to the cloud (``never`` unless set)."""
 
     @field_validator("path")
     @classmethod
@@ -126,6 +285,8 @@ class AgentConfig(BaseModel):
     """Size limits on request bodies (see ``protocols.Limits``); over ``payload_max_bytes`` is a 413."""
     log_level: LogLevel = "INFO"
     models: tuple[ModelConfig, ...] = ()
+    cloud: CloudConfig | None = None
+    """The cloud link (MQTT); without it every request is answered here."""
 
     @field_validator("device_id")
     @classmethod
@@ -171,6 +332,20 @@ class AgentConfig(BaseModel):
             if model.name in seen:
                 raise ValueError(f"model name {model.name!r} appears twice in models")
             seen.add(model.name)
+        if self.cloud is None:
+            using = [m.name for m in self.models if m.fallback.policy != "never"]
+            if using:
+                raise ValueError(
+                    f"model(s) {', '.join(map(repr, using))} fall back to the cloud, but there is "
+                    "no cloud section (cloud.broker)"
+                )
+        else:
+            clash = [m.name for m in self.cloud.remote_models if m.name in seen]
+            if clash:
+                raise ValueError(
+                    f"cloud.remote_models names local model(s) {', '.join(map(repr, clash))}; "
+                    "use the local model's fallback section instead"
+                )
         return self
 
     @property

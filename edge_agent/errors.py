@@ -11,12 +11,17 @@ known failure; the original stays on ``__cause__``.
      ├── ModelLoadError              model file missing, corrupt, or with an unsupported tensor
      ├── ModelNotFoundError          no model (or model version) by that name (404)
      ├── UnavailableError            the agent is draining or busy (503)
-     │    └── ModelNotReadyError     the model is loading, or failed to load: carries the reason
+     │    ├── ModelNotReadyError     the model is loading, or failed to load: carries the reason
+     │    ├── CloudUnavailableError  the cloud is out of reach: no broker, breaker open, link full
+     │    └── OutboxFullError        the on-disk outbox holds as many requests as it may
      ├── InputError                  inputs that do not fit the model: names, datatypes, shapes (400)
      ├── InferenceError              the interpreter failed while running the model
+     ├── CloudTimeoutError           the cloud did not answer within the request's deadline (504)
+     ├── CloudRequestError           the cloud answered ``{"error": ...}`` (502)
      ├── HttpRequestError            an HTTP request the local API cannot route or read (404, 405, 411)
      └── ClientError                 raised by :class:`edge_agent.client.EdgeClient`
           ├── ResponseError          the agent answered ``{"error": ...}``; carries the status
+          ├── QueuedError            the agent queued the request (202); fetch the answer by its id
           └── ConnectError           the agent could not be reached, or broke the connection
 """
 
@@ -25,6 +30,9 @@ from __future__ import annotations
 __all__ = [
     "AgentError",
     "ClientError",
+    "CloudRequestError",
+    "CloudTimeoutError",
+    "CloudUnavailableError",
     "ConfigError",
     "ConnectError",
     "HttpRequestError",
@@ -33,6 +41,8 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelNotReadyError",
+    "OutboxFullError",
+    "QueuedError",
     "ResponseError",
     "RuntimeUnavailableError",
     "UnavailableError",
@@ -73,6 +83,27 @@ class ModelNotReadyError(UnavailableError):
     """The model is configured but not serving: still loading, or its load failed."""
 
 
+class CloudUnavailableError(UnavailableError):
+    """The cloud cannot take the request now: not connected to the broker, the circuit breaker is
+    open, or the link already has as many requests in flight as it may."""
+
+
+class OutboxFullError(UnavailableError):
+    """The on-disk outbox is full; the request was not queued."""
+
+
+class CloudTimeoutError(AgentError):
+    """The cloud did not answer within the request's deadline (retries included)."""
+
+    status = 504
+
+
+class CloudRequestError(AgentError):
+    """The cloud answered the request with an error (for example, it has no such model)."""
+
+    status = 502
+
+
 class InputError(AgentError):
     """Inputs that do not fit the model: unknown or missing names, datatype, shape."""
 
@@ -103,6 +134,21 @@ class ResponseError(ClientError):
         self.message = message
         self.status = status
         super().__init__(f"HTTP {status}: {message}")
+
+
+class QueuedError(ClientError):
+    """The agent could not reach the cloud and keeps the request in its outbox (HTTP 202).
+
+    The answer is fetched later with :meth:`EdgeClient.result` or :meth:`EdgeClient.wait_result`
+    by ``request_id``.
+    """
+
+    status = 202
+
+    def __init__(self, request_id: str, *, reason: str | None = None) -> None:
+        self.request_id = request_id
+        self.reason = reason
+        super().__init__(f"request {request_id!r} is queued until the cloud can be reached")
 
 
 class ConnectError(ClientError):

@@ -1,0 +1,422 @@
+"""The outbox: requests waiting for the cloud, their answers, and telemetry, in SQLite on disk.
+
+One database file in ``data_dir`` (WAL mode, standard library ``sqlite3``), so what was queued
+survives the agent being killed (``synchronous: normal``) or the power going (``full``).
+
+- A request is added once per id (adding a known id again changes nothing), waits as
+  ``pending`` until an answer is recorded, then stays ``answered`` for ``answer_ttl_s`` so the
+  app can fetch it; the first answer recorded wins, later ones are reported as duplicates.
+- A pending request older than ``ttl_s`` is dropped; with ``max_requests`` rows (pending and
+  answered) a new request is refused. Telemetry is bounded by dropping the oldest.
+- Times stored are wall-clock seconds (they must mean something after a restart).
+
+One connection, guarded by a lock: the writes are small and the request path only writes here
+when the cloud is out of reach.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import OutboxConfig
+from ..errors import ConfigError, OutboxFullError
+
+__all__ = [
+    "AnswerOutcome",
+    "DueRequest",
+    "Outbox",
+    "OutboxDepth",
+    "QueuedRequest",
+    "RequestState",
+    "StoredRequest",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    payload BLOB NOT NULL,
+    reply TEXT NOT NULL,
+    deadline_s REAL NOT NULL,
+    created_s REAL NOT NULL,
+    expires_s REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_s REAL NOT NULL,
+    state TEXT NOT NULL,
+    answer BLOB,
+    answered_s REAL
+);
+CREATE INDEX IF NOT EXISTS requests_due ON requests (state, next_attempt_s, created_s);
+CREATE INDEX IF NOT EXISTS requests_expiry ON requests (expires_s);
+CREATE TABLE IF NOT EXISTS telemetry (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload BLOB NOT NULL,
+    expires_s REAL NOT NULL
+);
+"""
+
+DropCallback = Callable[[str, str, int], None]
+"""``(kind, reason, count)``: kind ``request``, ``answer`` or ``telemetry``; reason ``full`` or
+``expired``."""
+
+
+class RequestState(str, enum.Enum):
+    PENDING = "pending"
+    ANSWERED = "answered"
+
+
+class AnswerOutcome(str, enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    """The request already had its answer; this one is dropped."""
+    UNKNOWN = "unknown"
+    """No such request here (never queued, or expired)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QueuedRequest:
+    request_id: str
+    payload: bytes
+    """The MQTT request, ready to publish."""
+    reply: Mapping[str, Any] = field(default_factory=dict)
+    """What the local API needs to answer the app (JSON-able)."""
+    deadline_s: float
+    """How long one delivery attempt may wait for its answer."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StoredRequest:
+    request_id: str
+    state: RequestState
+    attempts: int
+    created_s: float
+    reply: dict[str, Any]
+    answer: bytes | None = None
+    answered_s: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DueRequest:
+    request_id: str
+    payload: bytes
+    deadline_s: float
+    attempts: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutboxDepth:
+    requests: int
+    """Pending requests."""
+    answers: int
+    """Answers kept for the app to fetch."""
+    telemetry: int
+
+
+class Outbox:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        config: OutboxConfig,
+        clock: Callable[[], float] = time.time,
+        on_drop: DropCallback | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._config = config
+        self._clock = clock
+        self._on_drop = on_drop
+        self._lock = threading.Lock()
+        self._db = self._open()
+        self._pending, self._answered, self._telemetry = self._count()
+        logger.info(
+            "outbox %s: %d pending request(s), %d answer(s), %d telemetry message(s)",
+            self.path,
+            self._pending,
+            self._answered,
+            self._telemetry,
+        )
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def add(self, request: QueuedRequest) -> StoredRequest:
+        """Queue ``request``; a known id is left as it is and returned. :class:`OutboxFullError`
+        when full."""
+        now = self._clock()
+        with self._lock, self._db:
+            existing = self._get(request.request_id, now)
+            if existing is not None:
+                return existing
+            if self._pending + self._answered >= self._config.max_requests:
+                self._drop("request", "full", 1)
+                raise OutboxFullError(
+                    f"the outbox holds {self._config.max_requests} requests and answers already; "
+                    "request not queued"
+                )
+            self._db.execute("DELETE FROM requests WHERE id = ?", (request.request_id,))  # expired
+            self._db.execute(
+                "INSERT INTO requests (id, payload, reply, deadline_s, created_s, expires_s, "
+                "next_attempt_s, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    request.request_id,
+                    request.payload,
+                    json.dumps(dict(request.reply), separators=(",", ":")),
+                    request.deadline_s,
+                    now,
+                    now + self._config.ttl_s,
+                    now,
+                    RequestState.PENDING.value,
+                ),
+            )
+            self._pending += 1
+        return StoredRequest(
+            request_id=request.request_id,
+            state=RequestState.PENDING,
+            attempts=0,
+            created_s=now,
+            reply=dict(request.reply),
+        )
+
+    def get(self, request_id: str) -> StoredRequest | None:
+        """The request and its answer, or ``None`` when unknown or expired."""
+        with self._lock:
+            return self._get(request_id, self._clock())
+
+    def knows(self, request_id: str) -> bool:
+        return self.get(request_id) is not None
+
+    def due(self, limit: int, exclude: Collection[str] = ()) -> list[DueRequest]:
+        """Pending requests whose next attempt is due, oldest first, skipping ``exclude``."""
+        if limit <= 0:
+            return []
+        now = self._clock()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, payload, deadline_s, attempts FROM requests WHERE state = ? AND "
+                "next_attempt_s <= ? AND expires_s > ? ORDER BY next_attempt_s, created_s LIMIT ?",
+                (RequestState.PENDING.value, now, now, limit + len(exclude)),
+            ).fetchall()
+        due = [
+            DueRequest(request_id=r[0], payload=bytes(r[1]), deadline_s=r[2], attempts=r[3])
+            for r in rows
+            if r[0] not in exclude
+        ]
+        return due[:limit]
+
+    def mark_sent(self, request_ids: Iterable[str], *, retry_after_s: float) -> None:
+        """Count an attempt for each; none is due again before ``retry_after_s``."""
+        ids = list(request_ids)
+        if not ids:
+            return
+        retry_at = self._clock() + retry_after_s
+        with self._lock, self._db:
+            self._db.executemany(
+                "UPDATE requests SET attempts = attempts + 1, next_attempt_s = ? "
+                "WHERE id = ? AND state = ?",
+                [(retry_at, request_id, RequestState.PENDING.value) for request_id in ids],
+            )
+
+    def retry_now(self, request_ids: Iterable[str]) -> None:
+        """Make these pending requests due at once (their attempt ended without an answer)."""
+        ids = list(request_ids)
+        if not ids:
+            return
+        now = self._clock()
+        with self._lock, self._db:
+            self._db.executemany(
+                "UPDATE requests SET next_attempt_s = ? WHERE id = ? AND state = ?",
+                [(now, request_id, RequestState.PENDING.value) for request_id in ids],
+            )
+
+    def record_answers(self, answers: Sequence[tuple[str, bytes]]) -> list[AnswerOutcome]:
+        """Store each answer, in one transaction; the first answer for an id wins."""
+        outcomes: list[AnswerOutcome] = []
+        if not answers:
+            return outcomes
+        now = self._clock()
+        expires = now + self._config.answer_ttl_s
+        with self._lock, self._db:
+            for request_id, payload in answers:
+                cursor = self._db.execute(
+                    "UPDATE requests SET state = ?, answer = ?, answered_s = ?, expires_s = ?, "
+                    "payload = x'' WHERE id = ? AND state = ? AND expires_s > ?",
+                    (
+                        RequestState.ANSWERED.value,
+                        payload,
+                        now,
+                        expires,
+                        request_id,
+                        RequestState.PENDING.value,
+                        now,
+                    ),
+                )
+                if cursor.rowcount:
+                    self._pending -= 1
+                    self._answered += 1
+                    outcomes.append(AnswerOutcome.STORED)
+                elif self._get(request_id, now) is not None:
+                    outcomes.append(AnswerOutcome.DUPLICATE)
+                else:
+                    outcomes.append(AnswerOutcome.UNKNOWN)
+        return outcomes
+
+    # -- telemetry ---------------------------------------------------------------------------
+
+    def add_telemetry(self, payload: bytes) -> int:
+        """Queue a telemetry message; the oldest is dropped when full. Returns its sequence."""
+        now = self._clock()
+        with self._lock, self._db:
+            excess = self._telemetry + 1 - self._config.max_telemetry
+            if excess > 0:
+                self._db.execute(
+                    "DELETE FROM telemetry WHERE seq IN "
+                    "(SELECT seq FROM telemetry ORDER BY seq LIMIT ?)",
+                    (excess,),
+                )
+                self._telemetry -= excess
+                self._drop("telemetry", "full", excess)
+            cursor = self._db.execute(
+                "INSERT INTO telemetry (payload, expires_s) VALUES (?, ?)",
+                (payload, now + self._config.ttl_s),
+            )
+            self._telemetry += 1
+            return int(cursor.lastrowid or 0)
+
+    def telemetry(self, limit: int, exclude: Collection[int] = ()) -> list[tuple[int, bytes]]:
+        """Waiting telemetry, oldest first, skipping the sequences in ``exclude``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, payload FROM telemetry ORDER BY seq LIMIT ?", (limit + len(exclude),)
+            ).fetchall()
+        return [(int(r[0]), bytes(r[1])) for r in rows if r[0] not in exclude][:limit]
+
+    def remove_telemetry(self, seqs: Iterable[int]) -> None:
+        done = list(seqs)
+        if not done:
+            return
+        with self._lock, self._db:
+            removed = 0
+            for seq in done:
+                removed += self._db.execute("DELETE FROM telemetry WHERE seq = ?", (seq,)).rowcount
+            self._telemetry -= removed
+
+    # -- upkeep ------------------------------------------------------------------------------
+
+    def purge(self) -> None:
+        """Drop what outlived its TTL (each kind counted through ``on_drop``)."""
+        now = self._clock()
+        with self._lock, self._db:
+            expired = {}
+            for state, kind in (
+                (RequestState.PENDING, "request"),
+                (RequestState.ANSWERED, "answer"),
+            ):
+                expired[kind] = self._db.execute(
+                    "DELETE FROM requests WHERE state = ? AND expires_s <= ?", (state.value, now)
+                ).rowcount
+            telemetry = self._db.execute(
+                "DELETE FROM telemetry WHERE expires_s <= ?", (now,)
+            ).rowcount
+            self._pending -= expired["request"]
+            self._answered -= expired["answer"]
+            self._telemetry -= telemetry
+            for kind, count in (*expired.items(), ("telemetry", telemetry)):
+                if count:
+                    self._drop(kind, "expired", count)
+
+    def depth(self) -> OutboxDepth:
+        return OutboxDepth(
+            requests=self._pending, answers=self._answered, telemetry=self._telemetry
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _drop(self, kind: str, reason: str, count: int) -> None:
+        logger.warning("outbox dropped %d %s(s): %s", count, kind, reason)
+        if self._on_drop is not None:
+            self._on_drop(kind, reason, count)
+
+    def _get(self, request_id: str, now: float) -> StoredRequest | None:
+        row = self._db.execute(
+            "SELECT state, attempts, created_s, reply, answer, answered_s FROM requests "
+            "WHERE id = ? AND expires_s > ?",
+            (request_id, now),
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredRequest(
+            request_id=request_id,
+            state=RequestState(row[0]),
+            attempts=int(row[1]),
+            created_s=float(row[2]),
+            reply=json.loads(row[3]),
+            answer=None if row[4] is None else bytes(row[4]),
+            answered_s=row[5],
+        )
+
+    def _count(self) -> tuple[int, int, int]:
+        now = self._clock()
+        with self._lock:
+            counts = dict(
+                self._db.execute(
+                    "SELECT state, COUNT(*) FROM requests WHERE expires_s > ? GROUP BY state",
+                    (now,),
+                ).fetchall()
+            )
+            (telemetry,) = self._db.execute("SELECT COUNT(*) FROM telemetry").fetchone()
+        return (
+            int(counts.get(RequestState.PENDING.value, 0)),
+            int(counts.get(RequestState.ANSWERED.value, 0)),
+            int(telemetry),
+        )
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not self.path.exists():
+                raise ConfigError(f"cannot open the outbox {self.path}: {exc}") from exc
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            logger.error("outbox %s cannot be read (%s); moved to %s", self.path, exc, aside)
+            self.path.replace(aside)
+            for suffix in ("-wal", "-shm"):
+                self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+            try:
+                return self._connect()
+            except sqlite3.DatabaseError as again:
+                raise ConfigError(f"cannot open the outbox {self.path}: {again}") from again
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout = 5000")
+            (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
+            if str(mode).lower() != "wal":
+                raise sqlite3.DatabaseError(f"journal mode is {mode}, not wal")
+            db.execute(f"PRAGMA synchronous = {self._config.synchronous.upper()}")
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version not in (0, SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        # ``with self._db`` opens and commits a transaction around several statements.
+        db.isolation_level = "IMMEDIATE"
+        return db
