@@ -46,8 +46,12 @@ class ModelMetrics:
     """One model's series, bound once so the request path does no label lookups."""
 
     requests_edge: Counter
+    requests_cloud: Counter
     inference_edge: Histogram
+    inference_cloud: Histogram
     http_seconds: Histogram
+    degraded: Counter
+    queued: Counter
 
 
 class AgentMetrics:
@@ -98,18 +102,111 @@ class AgentMetrics:
             "1 once a stop was asked and in-flight requests finish.",
             registry=r,
         )
+        self._add_fallback_metrics(r)
         self._models: dict[str, ModelMetrics] = {}
+        self._fallbacks: dict[tuple[str, str], Counter] = {}
+
+    def _add_fallback_metrics(self, r: CollectorRegistry) -> None:
+        self.fallbacks = Counter(
+            "edge_agent_fallback",
+            "Requests the policy sent to the cloud, by model and reason (low_confidence, missing, "
+            "latency_budget, always); over edge_agent_requests_total it is the upload ratio.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.degraded = Counter(
+            "edge_agent_degraded_answers",
+            "Requests meant for the cloud that were answered here because it was out of reach.",
+            ["model"],
+            registry=r,
+        )
+        self.queued = Counter(
+            "edge_agent_queued_requests",
+            "Requests put in the outbox (answered 202) because the cloud was out of reach.",
+            ["model"],
+            registry=r,
+        )
+        self.cloud_requests = Counter(
+            "edge_agent_cloud_requests",
+            "Cloud requests by outcome: answered, error (the hub answered an error), timeout, "
+            "unavailable (not connected, breaker open, too many in flight).",
+            ["outcome"],
+            registry=r,
+        )
+        self.cloud_round_trip_seconds = Histogram(
+            "edge_agent_cloud_round_trip_seconds",
+            "From a cloud request's first send to its answer, retries included.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.cloud_in_flight = Gauge(
+            "edge_agent_cloud_in_flight", "Cloud requests awaiting an answer.", registry=r
+        )
+        self.cloud_retries = Counter(
+            "edge_agent_cloud_retries",
+            "Cloud requests sent again with the same id (no answer in time, or a reconnect).",
+            registry=r,
+        )
+        self.cloud_answers_dropped = Counter(
+            "edge_agent_cloud_answers_dropped",
+            "Cloud answers dropped: duplicate (the request had its answer), unknown (nobody "
+            "waits for the id any more), malformed.",
+            ["reason"],
+            registry=r,
+        )
+        self.cloud_connected = Gauge(
+            "edge_agent_cloud_connected", "1 while the cloud link is connected.", registry=r
+        )
+        self.cloud_disconnects = Counter(
+            "edge_agent_cloud_disconnects", "Times the cloud link lost the broker.", registry=r
+        )
+        self.cloud_breaker_state = Gauge(
+            "edge_agent_cloud_breaker_state",
+            "The cloud circuit breaker: 0 closed, 1 half-open, 2 open.",
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "edge_agent_outbox_depth",
+            "Outbox rows: request (waiting for the cloud), answer (kept for the app), telemetry.",
+            ["kind"],
+            registry=r,
+        )
+        self.outbox_dropped = Counter(
+            "edge_agent_outbox_dropped",
+            "What the outbox policy dropped, by kind (request, answer, telemetry) and reason "
+            "(full, expired).",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.outbox_delivered = Counter(
+            "edge_agent_outbox_delivered",
+            "Outbox rows delivered: request (answered by the cloud), telemetry (acknowledged).",
+            ["kind"],
+            registry=r,
+        )
 
     def model(self, name: str) -> ModelMetrics:
         bound = self._models.get(name)
         if bound is None:
             bound = ModelMetrics(
                 requests_edge=self.requests.labels(model=name, served_by="edge"),
+                requests_cloud=self.requests.labels(model=name, served_by="cloud"),
                 inference_edge=self.inference_seconds.labels(model=name, served_by="edge"),
+                inference_cloud=self.inference_seconds.labels(model=name, served_by="cloud"),
                 http_seconds=self.http_seconds.labels(model=name),
+                degraded=self.degraded.labels(model=name),
+                queued=self.queued.labels(model=name),
             )
             self._models[name] = bound
         return bound
+
+    def fallback(self, model: str, reason: str) -> Counter:
+        """The ``edge_agent_fallback_total`` child for a model and reason (bound once)."""
+        key = (model, reason)
+        child = self._fallbacks.get(key)
+        if child is None:
+            child = self._fallbacks[key] = self.fallbacks.labels(model=model, reason=reason)
+        return child
 
     def error(self, model: str, kind: str) -> None:
         self.errors.labels(model=model, error=kind).inc()

@@ -1,0 +1,211 @@
+"""Delivery: one thread that empties the outbox into the cloud link and records what comes back.
+
+Each pass: record the answers that arrived (for requests it sent, and late answers the link could
+not match: the outbox keeps those it queued, in one transaction per pass), drop what expired,
+then, while connected, publish waiting telemetry and send due requests as far as the circuit
+breaker and the link's free slots allow. While the breaker is open nothing is sent; once it is
+half-open, the first request sent is the probe that closes it again.
+
+Delivery is at least once, answers are kept once: a request is sent until an answer is stored,
+with the same id every time, and the first answer stored for an id is the one the app gets.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from ..errors import CloudUnavailableError
+from ..metrics import AgentMetrics
+from .breaker import CircuitBreaker
+from .link import CloudAnswer, CloudLink
+from .outbox import AnswerOutcome, Outbox
+
+__all__ = ["Delivery"]
+
+logger = logging.getLogger(__name__)
+
+BATCH_MAX = 64
+IDLE_WAIT_S = 5.0
+BUSY_WAIT_S = 0.25
+PURGE_INTERVAL_S = 30.0
+TELEMETRY_ACK_TIMEOUT_S = 60.0
+
+
+class Delivery:
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        link: CloudLink,
+        breaker: CircuitBreaker,
+        metrics: AgentMetrics,
+        telemetry_topic: str,
+        max_in_flight: int,
+        on_answer: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._outbox = outbox
+        self._link = link
+        self._breaker = breaker
+        self._metrics = metrics
+        self._telemetry_topic = telemetry_topic
+        self._max_in_flight = max_in_flight
+        self._on_answer = on_answer
+        self._clock = clock
+        self._events: queue.SimpleQueue[tuple[str, str, bytes | None]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._sending: set[str] = set()
+        self._telemetry_sent: dict[int, tuple[int, float]] = {}  # mid -> (seq, sent at)
+        self._next_purge = 0.0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="cloud-delivery", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- from other threads ------------------------------------------------------------------
+
+    def on_unmatched(self, request_id: str, payload: bytes) -> None:
+        """An answer the link could not match: the outbox keeps it if it queued the request."""
+        self._events.put(("answer", request_id, payload))
+        self._wake.set()
+
+    def on_published(self, mid: int) -> None:
+        self._events.put(("puback", str(mid), None))
+        self._wake.set()
+
+    def _on_result(self, request_id: str) -> Callable[[CloudAnswer | None], None]:
+        def done(answer: CloudAnswer | None) -> None:
+            if answer is None:
+                self._events.put(("timeout", request_id, None))
+            else:
+                self._metrics.cloud_round_trip_seconds.observe(answer.round_trip_s)
+                self._events.put(("sent-answer", request_id, answer.payload))
+            self._wake.set()
+
+        return done
+
+    # -- the thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                busy = self._pass()
+            except Exception:
+                logger.exception("outbox delivery pass failed; retrying")
+                busy = True
+            self._wake.wait(BUSY_WAIT_S if busy else IDLE_WAIT_S)
+            self._wake.clear()
+
+    def _pass(self) -> bool:
+        """One round; ``True`` when work is left that the thread must come back for soon."""
+        self._record_events()
+        now = self._clock()
+        if now >= self._next_purge:
+            self._outbox.purge()
+            self._next_purge = now + PURGE_INTERVAL_S
+        if self._link.connected:
+            self._send_telemetry(now)
+            self._send_requests()
+        depth = self._outbox.depth()
+        self._metrics.outbox_depth.labels(kind="request").set(depth.requests)
+        self._metrics.outbox_depth.labels(kind="answer").set(depth.answers)
+        self._metrics.outbox_depth.labels(kind="telemetry").set(depth.telemetry)
+        return bool(depth.requests or depth.telemetry or self._sending)
+
+    def _record_events(self) -> None:
+        answers: list[tuple[str, bytes]] = []
+        acked: list[int] = []
+        while True:
+            try:
+                kind, key, payload = self._events.get(block=False)
+            except queue.Empty:
+                break
+            if kind == "puback":
+                sent = self._telemetry_sent.pop(int(key), None)
+                if sent is not None:
+                    acked.append(sent[0])
+                continue
+            if kind in ("sent-answer", "timeout"):
+                self._sending.discard(key)
+                if kind == "timeout":
+                    self._breaker.record_failure()
+                    self._metrics.cloud_requests.labels(outcome="timeout").inc()
+                    continue
+                self._breaker.record_success()
+                self._metrics.cloud_requests.labels(outcome="answered").inc()
+            assert payload is not None
+            answers.append((key, payload))
+        if acked:
+            self._outbox.remove_telemetry(acked)
+            self._metrics.outbox_delivered.labels(kind="telemetry").inc(len(acked))
+        if not answers:
+            return
+        for (request_id, _), outcome in zip(
+            answers, self._outbox.record_answers(answers), strict=True
+        ):
+            if outcome is AnswerOutcome.STORED:
+                self._metrics.outbox_delivered.labels(kind="request").inc()
+                if self._on_answer is not None:
+                    self._on_answer(request_id)
+            else:
+                self._metrics.cloud_answers_dropped.labels(reason=outcome.value).inc()
+
+    def _send_telemetry(self, now: float) -> None:
+        stale = [
+            mid
+            for mid, (_, at) in self._telemetry_sent.items()
+            if now - at > TELEMETRY_ACK_TIMEOUT_S
+        ]
+        for mid in stale:
+            del self._telemetry_sent[mid]
+        in_flight = {seq for seq, _ in self._telemetry_sent.values()}
+        for seq, payload in self._outbox.telemetry(limit=BATCH_MAX, exclude=in_flight):
+            sent = self._link.publish(self._telemetry_topic, payload, track=True)
+            if sent is None:
+                return
+            self._telemetry_sent[sent] = (seq, now)
+
+    def _send_requests(self) -> None:
+        while not self._stopping:
+            free = self._max_in_flight - self._link.in_flight
+            if free <= 0:
+                return
+            due = self._outbox.due(limit=min(free, BATCH_MAX), exclude=self._sending)
+            if not due:
+                return
+            sent: list[tuple[str, float]] = []
+            for item in due:
+                if not self._breaker.allow():
+                    break
+                try:
+                    self._link.submit(
+                        item.request_id,
+                        item.payload,
+                        deadline=self._clock() + item.deadline_s,
+                        callback=self._on_result(item.request_id),
+                    )
+                except CloudUnavailableError:
+                    self._breaker.release()
+                    break
+                self._sending.add(item.request_id)
+                sent.append((item.request_id, item.deadline_s))
+            for request_id, deadline_s in sent:
+                self._outbox.mark_sent([request_id], retry_after_s=deadline_s)
+            if len(sent) < len(due):
+                return

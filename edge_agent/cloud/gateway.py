@@ -1,0 +1,303 @@
+"""CloudGateway: what the router calls to reach the cloud, and what keeps queued requests.
+
+    router ──infer()──► breaker ──► CloudLink ──MQTT──► broker ──► hub(s)
+           ──enqueue()─► Outbox ◄── Delivery ──┘
+           ──lookup()──► Outbox
+
+:meth:`infer` is synchronous: it fails fast (:class:`CloudUnavailableError`) when the link is
+down, the breaker is open or no slot frees in time, and otherwise waits for the answer until the
+call's deadline (:class:`CloudTimeoutError`), the link sending it again meanwhile.
+:meth:`enqueue` puts a request in the on-disk outbox, from which :class:`Delivery` sends it when
+the cloud can be reached; its answer waits there for :meth:`lookup`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from protocols import DeviceState, DeviceStatus, encode_mqtt_request, telemetry_topic
+
+from ..config import CloudConfig
+from ..errors import CloudRequestError, CloudTimeoutError, CloudUnavailableError
+from ..metrics import AgentMetrics
+from .breaker import BreakerState, CircuitBreaker
+from .calls import CloudCall, CloudResult, decode_answer
+from .delivery import Delivery
+from .link import CloudAnswer, CloudLink
+from .outbox import Outbox, QueuedRequest, StoredRequest
+from .telemetry import TelemetryReporter, telemetry_message
+
+__all__ = ["OUTBOX_FILENAME", "CloudGateway"]
+
+logger = logging.getLogger(__name__)
+
+OUTBOX_FILENAME = "outbox.sqlite3"
+_WAIT_GRACE_S = 1.0
+
+
+class _Waiter:
+    """One answer handed from the network thread to a waiting caller (a bare lock: cheaper to
+    set and wait on than an ``Event``)."""
+
+    __slots__ = ("_lock", "answer")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.answer: CloudAnswer | None = None
+
+    def __call__(self, answer: CloudAnswer | None) -> None:
+        self.answer = answer
+        self._lock.release()
+
+    def wait(self, timeout_s: float) -> CloudAnswer | None:
+        self._lock.acquire(timeout=timeout_s)
+        return self.answer
+
+
+class CloudGateway:
+    def __init__(
+        self,
+        config: CloudConfig,
+        *,
+        device_id: str,
+        data_dir: Path,
+        metrics: AgentMetrics,
+        status: Callable[[DeviceState], bytes],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._device_id = device_id
+        self._data_dir = data_dir
+        self._metrics = metrics
+        self._status = status
+        self._clock = clock
+        self.breaker = CircuitBreaker(
+            failures=config.breaker.failures,
+            cooldown_s=config.breaker.cooldown_s,
+            half_open_probes=config.breaker.half_open_probes,
+            clock=clock,
+            on_change=self._breaker_changed,
+        )
+        metrics.cloud_breaker_state.set(BreakerState.CLOSED.gauge)
+        self._outcome = {
+            outcome: metrics.cloud_requests.labels(outcome=outcome)
+            for outcome in ("answered", "error", "timeout", "unavailable")
+        }
+        self.outbox: Outbox | None = None
+        self.link: CloudLink | None = None
+        self._delivery: Delivery | None = None
+        self._telemetry: TelemetryReporter | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the outbox and start connecting (in the background)."""
+        self.outbox = Outbox(
+            self._data_dir / OUTBOX_FILENAME,
+            config=self.config.outbox,
+            on_drop=self._dropped,
+        )
+        will = DeviceStatus(
+            device_id=self._device_id,
+            state=DeviceState.OFFLINE,
+            detail={"reason": "connection lost"},
+        ).model_dump_json(exclude_none=True)
+        self.link = CloudLink(
+            self.config,
+            device_id=self._device_id,
+            metrics=self._metrics,
+            will_payload=will.encode("utf-8"),
+            on_connect=self._connected,
+            on_unmatched=self._unmatched,
+            on_published=self._published,
+            clock=self._clock,
+        )
+        self._delivery = Delivery(
+            outbox=self.outbox,
+            link=self.link,
+            breaker=self.breaker,
+            metrics=self._metrics,
+            telemetry_topic=telemetry_topic(self._device_id),
+            max_in_flight=self.config.max_in_flight,
+            clock=self._clock,
+        )
+        self._delivery.start()
+        if self.config.telemetry_interval_s > 0:
+            interval_s = self.config.telemetry_interval_s
+            self._telemetry = TelemetryReporter(
+                interval_s=interval_s,
+                make=lambda: telemetry_message(
+                    self._device_id, self._metrics.registry, interval_s=interval_s
+                ),
+                sink=self.queue_telemetry,
+            )
+            self._telemetry.start()
+        self.link.start()
+
+    def stop(self) -> None:
+        """Publish the offline status, disconnect, and close the outbox. What is still queued
+        stays on disk for the next start."""
+        if self._telemetry is not None:
+            self._telemetry.stop()
+            self._telemetry = None
+        if self._delivery is not None:
+            self._delivery.stop()
+            self._delivery = None
+        if self.link is not None:
+            self.link.stop(final_status=self._status(DeviceState.OFFLINE))
+            self.link = None
+        if self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
+
+    def publish_status(self) -> None:
+        """Publish the retained ``online`` status again (for example once models are loaded)."""
+        link = self.link
+        if link is not None and link.connected:
+            link.publish(link.status_topic, self._status(DeviceState.ONLINE), retain=True)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def infer(self, call: CloudCall) -> CloudResult:
+        """Run ``call`` in the cloud and wait for the answer, at most ``call.deadline_s``."""
+        link = self.link
+        if link is None or not link.connected:
+            self._outcome["unavailable"].inc()
+            raise CloudUnavailableError("the cloud link is not connected to the broker")
+        if not self.breaker.allow():
+            self._outcome["unavailable"].inc()
+            raise CloudUnavailableError(
+                "the cloud circuit breaker is open after repeated timeouts; requests fail fast "
+                f"for up to {self.config.breaker.cooldown_s:g} s"
+            )
+        start = self._clock()
+        waiter = _Waiter()
+        try:
+            payload = self._encode(call)
+            link.submit(
+                call.request_id,
+                payload,
+                deadline=start + call.deadline_s,
+                callback=waiter,
+                slot_wait_s=call.deadline_s,
+            )
+        except CloudUnavailableError:
+            self.breaker.release()
+            self._outcome["unavailable"].inc()
+            raise
+        except BaseException:
+            self.breaker.release()
+            raise
+        answer = waiter.wait(call.deadline_s + _WAIT_GRACE_S)
+        if answer is None:
+            self.breaker.record_failure()
+            self._outcome["timeout"].inc()
+            raise CloudTimeoutError(
+                f"the cloud did not answer for {call.model!r} within {call.deadline_s:g} s"
+            )
+        self.breaker.record_success()
+        self._metrics.cloud_round_trip_seconds.observe(answer.round_trip_s)
+        try:
+            decoded = decode_answer(answer.payload, model=call.model)
+        except CloudRequestError:
+            self._outcome["error"].inc()
+            raise
+        self._outcome["answered"].inc()
+        response = decoded.response
+        return CloudResult(
+            model_name=response.model_name,
+            model_version=response.model_version,
+            outputs=dict(decoded.tensors),
+            parameters=dict(response.parameters or {}),
+            round_trip_s=answer.round_trip_s,
+        )
+
+    def enqueue(self, call: CloudCall, reply: Mapping[str, Any]) -> StoredRequest:
+        """Keep ``call`` in the outbox until the cloud answers it; a known id is left as it is.
+
+        ``reply`` is what the local API needs to answer the app later (JSON-able).
+        """
+        outbox, delivery = self.outbox, self._delivery
+        if outbox is None or delivery is None:
+            raise CloudUnavailableError("the cloud link is not started")
+        stored = outbox.add(
+            QueuedRequest(
+                request_id=call.request_id,
+                payload=self._encode(call),
+                reply=reply,
+                deadline_s=call.deadline_s,
+            )
+        )
+        delivery.wake()
+        return stored
+
+    def lookup(self, request_id: str) -> StoredRequest | None:
+        """A queued request and its answer once it has one; ``None`` if unknown or expired."""
+        return None if self.outbox is None else self.outbox.get(request_id)
+
+    def queue_telemetry(self, payload: bytes) -> None:
+        if self.outbox is not None and self._delivery is not None:
+            self.outbox.add_telemetry(payload)
+            self._delivery.wake()
+
+    def detail(self) -> dict[str, Any]:
+        """For ``/status``: link, breaker and outbox."""
+        link, outbox = self.link, self.outbox
+        detail: dict[str, Any] = {
+            "broker": self.config.broker,
+            "connected": bool(link and link.connected),
+            "breaker": self.breaker.state.value,
+            "in_flight": link.in_flight if link else 0,
+        }
+        if outbox is not None:
+            depth = outbox.depth()
+            detail["outbox"] = {
+                "requests": depth.requests,
+                "answers": depth.answers,
+                "telemetry": depth.telemetry,
+            }
+        return detail
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    def _encode(self, call: CloudCall) -> bytes:
+        return encode_mqtt_request(
+            call.model,
+            call.inputs,
+            model_version=call.version,
+            id=call.request_id,
+            outputs=call.outputs,
+            binary=True,
+            binary_outputs=True,
+        )
+
+    def _connected(self) -> None:
+        link = self.link
+        if link is not None:
+            link.publish(link.status_topic, self._status(DeviceState.ONLINE), retain=True)
+        if self._delivery is not None:
+            self._delivery.wake()
+
+    def _unmatched(self, request_id: str, payload: bytes) -> None:
+        if self._delivery is not None:
+            self._delivery.on_unmatched(request_id, payload)
+        else:
+            self._metrics.cloud_answers_dropped.labels(reason="unknown").inc()
+
+    def _published(self, mid: int) -> None:
+        if self._delivery is not None:
+            self._delivery.on_published(mid)
+
+    def _breaker_changed(self, state: BreakerState) -> None:
+        self._metrics.cloud_breaker_state.set(state.gauge)
+        if self._delivery is not None:
+            self._delivery.wake()
+
+    def _dropped(self, kind: str, reason: str, count: int) -> None:
+        self._metrics.outbox_dropped.labels(kind=kind, reason=reason).inc(count)

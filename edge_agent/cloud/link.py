@@ -1,0 +1,503 @@
+"""CloudLink: the agent's MQTT 5 session with the broker that the hubs listen on.
+
+- Persistent session (clean start off, ``session_expiry_s``), so answers published while the agent
+  is away wait for it at the broker; reconnects with backoff (``reconnect_min_s`` doubling up to
+  ``reconnect_max_s``); ``TCP_NODELAY`` on the socket, as small QoS 1 messages otherwise wait on
+  Nagle's algorithm for tens of milliseconds.
+- Last Will: the retained status turns ``offline`` when the agent vanishes; on every connect the
+  agent publishes its retained ``online`` status (through ``on_connect``).
+- Requests: QoS 1 on ``hybrid/v1/{device_id}/infer/request`` with Response Topic
+  ``hybrid/v1/{device_id}/infer/response``, Correlation Data = the request id and Message Expiry =
+  the time left to the deadline. A request not answered within ``retry_interval_s`` is sent again
+  with the same id (the hub answers a repeat from its record), and again on every reconnect,
+  until its deadline. The first answer resolves it; later answers, and answers to ids nobody here
+  waits for, go to ``on_unmatched`` (the outbox keeps those it queued; the rest are dropped and
+  counted).
+- At most ``max_in_flight`` requests await answers at once.
+
+Callbacks run on paho's network thread or the link's timer thread: they must be quick and must
+not block on the link.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import math
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from protocols import content_type_of, infer_request_topic, infer_response_topic, status_topic
+from protocols.envelope import split_frame
+
+from ..config import CloudConfig
+from ..errors import CloudUnavailableError
+from ..metrics import AgentMetrics
+
+__all__ = ["AnswerCallback", "CloudAnswer", "CloudLink"]
+
+logger = logging.getLogger(__name__)
+
+STOP_PUBLISH_TIMEOUT_S = 2.0
+TIMER_TICK_S = 0.02
+"""Resends and deadlines are handled at most this late; coarser ticks let the timer sleep through
+the stale entries of requests answered since they were scheduled."""
+
+_MESSAGE_EXPIRY = 0x02
+_CONTENT_TYPE = 0x03
+_RESPONSE_TOPIC = 0x08
+_CORRELATION_DATA = 0x09
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CloudAnswer:
+    request_id: str
+    payload: bytes
+    """The hub's MQTT answer: an OIP response or ``{"id", "error"}``, JSON or ``HIB1``."""
+    round_trip_s: float
+    """From the first send to this answer."""
+    attempts: int
+
+
+AnswerCallback = Callable[[CloudAnswer | None], None]
+"""Called once per request: the answer, or ``None`` at the deadline (or when the link stops)."""
+
+
+def _utf8(value: bytes) -> bytes:
+    return struct.pack("!H", len(value)) + value
+
+
+def _variable_int(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value % 128, value // 128
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+class _PackedProperties(Properties):
+    """PUBLISH properties packed by hand, once per send: paho only calls ``pack`` on them, and
+    building a ``Properties`` attribute by attribute costs more than the rest of a send."""
+
+    _packed: bytes
+
+    def __init__(self, packed: bytes) -> None:  # no super().__init__: nothing else is read
+        object.__setattr__(self, "_packed", packed)
+
+    def pack(self) -> bytes:
+        return self._packed
+
+    def __str__(self) -> str:
+        return f"[packed properties, {len(self._packed)} bytes]"
+
+    __repr__ = __str__
+
+
+def request_properties(
+    *, response_topic: bytes, correlation: bytes, expiry_s: int, content_type: bytes
+) -> Properties:
+    """The MQTT 5 properties of a request (Response Topic, Correlation Data, Message Expiry,
+    Content Type), packed as the specification lays them out."""
+    body = b"".join(
+        (
+            bytes((_MESSAGE_EXPIRY,)),
+            struct.pack("!I", expiry_s),
+            bytes((_CONTENT_TYPE,)),
+            _utf8(content_type),
+            bytes((_RESPONSE_TOPIC,)),
+            _utf8(response_topic),
+            bytes((_CORRELATION_DATA,)),
+            _utf8(correlation),
+        )
+    )
+    return _PackedProperties(_variable_int(len(body)) + body)
+
+
+class _Pending:
+    __slots__ = (
+        "attempts",
+        "callbacks",
+        "deadline",
+        "first_sent",
+        "next_send",
+        "payload",
+        "scheduled",
+    )
+
+    def __init__(self, payload: bytes, deadline: float, callback: AnswerCallback) -> None:
+        self.payload = payload
+        self.deadline = deadline
+        self.callbacks = [callback]
+        self.attempts = 0
+        self.first_sent = 0.0
+        self.next_send = 0.0
+        self.scheduled = 0.0
+
+
+class CloudLink:
+    def __init__(
+        self,
+        config: CloudConfig,
+        *,
+        device_id: str,
+        metrics: AgentMetrics,
+        will_payload: bytes,
+        on_connect: Callable[[], None],
+        on_unmatched: Callable[[str, bytes], None],
+        on_published: Callable[[int], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._on_connect_cb = on_connect
+        self._on_unmatched = on_unmatched
+        self._on_published = on_published
+        self.request_topic = infer_request_topic(device_id)
+        self.response_topic = infer_response_topic(device_id)
+        self.status_topic = status_topic(device_id)
+        self._response_topic_bytes = self.response_topic.encode("utf-8")
+        self._tracked: set[int] = set()
+        self._tracked_lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._timeline: list[tuple[float, int, str]] = []
+        self._sequence = itertools.count()
+        self._cond = threading.Condition()
+        self._slots = threading.BoundedSemaphore(config.max_in_flight)
+        self._connected = threading.Event()
+        self._closing = False
+        self._timer: threading.Thread | None = None
+        self.client_id = config.client_id or f"edge-{device_id}"
+        self._client = self._make_client(will_payload)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background; the link keeps trying until the broker answers."""
+        address = self._config.address
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self._config.session_expiry_s
+        properties.ReceiveMaximum = min(self._config.max_in_flight, 65535)
+        self._client.connect_async(
+            address.host,
+            address.port,
+            keepalive=self._config.keepalive_s,
+            clean_start=False,
+            properties=properties,
+        )
+        self._client.loop_start()
+        self._timer = threading.Thread(target=self._run_timer, name="cloud-link-timer", daemon=True)
+        self._timer.start()
+        logger.info("cloud link connecting to %s as %s", address, self.client_id)
+
+    def stop(self, final_status: bytes | None = None) -> None:
+        """Publish ``final_status`` (retained) if connected, disconnect, and end every pending
+        request with ``None``."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        if self._timer is not None:
+            self._timer.join()
+        if final_status is not None and self._connected.is_set():
+            info = self._client.publish(self.status_topic, final_status, qos=1, retain=True)
+            try:
+                info.wait_for_publish(STOP_PUBLISH_TIMEOUT_S)
+            except (RuntimeError, ValueError):
+                logger.warning("could not publish the offline status before disconnecting")
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+        self._metrics.cloud_connected.set(0)
+        with self._cond:
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for entry in pending:
+            self._slots.release()
+            self._finish(entry, None)
+        self._metrics.cloud_in_flight.set(0)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        request_id: str,
+        payload: bytes,
+        *,
+        deadline: float,
+        callback: AnswerCallback,
+        slot_wait_s: float = 0.0,
+    ) -> None:
+        """Send a request (an encoded MQTT request whose id is ``request_id``) and call
+        ``callback`` once with its answer, or with ``None`` at ``deadline`` (monotonic seconds).
+
+        A request whose id is already pending joins it (one send, both callbacks). Raises
+        :class:`CloudUnavailableError` when not connected or when no slot frees within
+        ``slot_wait_s``.
+        """
+        if not self._connected.is_set():
+            raise CloudUnavailableError("the cloud link is not connected to the broker")
+        with self._cond:
+            entry = self._pending.get(request_id)
+            if entry is not None:
+                entry.callbacks.append(callback)
+                return
+        if slot_wait_s > 0:
+            acquired = self._slots.acquire(timeout=slot_wait_s)
+        else:
+            acquired = self._slots.acquire(blocking=False)
+        if not acquired:
+            raise CloudUnavailableError(
+                f"{self._config.max_in_flight} cloud requests are already in flight"
+            )
+        now = self._clock()
+        with self._cond:
+            entry = self._pending.get(request_id)
+            if entry is not None:  # joined while waiting for the slot
+                entry.callbacks.append(callback)
+                self._slots.release()
+                return
+            entry = _Pending(payload, deadline, callback)
+            entry.first_sent = now
+            entry.attempts = 1
+            entry.next_send = now + self._config.retry_interval_s
+            self._pending[request_id] = entry
+            self._schedule(entry, request_id)
+        self._metrics.cloud_in_flight.set(len(self._pending))
+        self._send(request_id, entry, now)
+
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, track: bool = False
+    ) -> int | None:
+        """Publish at QoS 1; the message id, or ``None`` when not connected. With ``track``, the
+        broker's acknowledgement of it comes to ``on_published``."""
+        if not self._connected.is_set():
+            return None
+        with self._tracked_lock:
+            info = self._client.publish(topic, payload, qos=1, retain=retain)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return None
+            if track:
+                self._tracked.add(int(info.mid))
+        return int(info.mid)
+
+    # -- sending and the timer ---------------------------------------------------------------
+
+    def _send(self, request_id: str, entry: _Pending, now: float) -> None:
+        if not self._connected.is_set():
+            return  # sent again on the next connect
+        props = request_properties(
+            response_topic=self._response_topic_bytes,
+            correlation=request_id.encode("utf-8"),
+            expiry_s=max(1, math.ceil(entry.deadline - now)),
+            content_type=content_type_of(entry.payload).encode("utf-8"),
+        )
+        try:
+            self._client.publish(self.request_topic, entry.payload, qos=1, properties=props)
+        except (ValueError, RuntimeError) as exc:
+            logger.warning("cannot publish request %s: %s", request_id, exc)
+
+    def _schedule(self, entry: _Pending, request_id: str) -> None:
+        """Under the lock: wake the timer at the next resend or the deadline, whichever first."""
+        when = min(entry.next_send, entry.deadline)
+        entry.scheduled = when
+        earliest = not self._timeline or when < self._timeline[0][0] - TIMER_TICK_S
+        heapq.heappush(self._timeline, (when, next(self._sequence), request_id))
+        if earliest:
+            self._cond.notify()
+
+    def _run_timer(self) -> None:
+        while True:
+            resend: list[tuple[str, _Pending]] = []
+            expired: list[_Pending] = []
+            with self._cond:
+                if self._closing:
+                    return
+                now = self._clock()
+                while self._timeline and self._timeline[0][0] <= now:
+                    when, _, request_id = heapq.heappop(self._timeline)
+                    entry = self._pending.get(request_id)
+                    if entry is None or entry.scheduled != when:
+                        continue  # answered, or rescheduled since
+                    if now >= entry.deadline:
+                        del self._pending[request_id]
+                        expired.append(entry)
+                        continue
+                    if now >= entry.next_send:
+                        entry.next_send = now + self._config.retry_interval_s
+                        if self._connected.is_set():
+                            entry.attempts += 1
+                            resend.append((request_id, entry))
+                    self._schedule(entry, request_id)
+                if not resend and not expired:
+                    if self._timeline:
+                        self._cond.wait(max(self._timeline[0][0] - now, TIMER_TICK_S))
+                    else:
+                        self._cond.wait()
+                    continue
+            for request_id, entry in resend:
+                self._metrics.cloud_retries.inc()
+                self._send(request_id, entry, now)
+            for entry in expired:
+                self._slots.release()
+                self._finish(entry, None)
+            self._metrics.cloud_in_flight.set(len(self._pending))
+
+    def _finish(self, entry: _Pending, answer: CloudAnswer | None) -> None:
+        for callback in entry.callbacks:
+            try:
+                callback(answer)
+            except Exception:
+                logger.exception("a cloud answer callback failed")
+
+    # -- paho's thread -----------------------------------------------------------------------
+
+    def _make_client(self, will_payload: bytes) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
+        )
+        config = self._config
+        if config.username is not None:
+            password = config.password.get_secret_value() if config.password else None
+            client.username_pw_set(config.username, password)
+        if config.tls:
+            client.tls_set(
+                ca_certs=str(config.ca_file) if config.ca_file else None,
+                certfile=str(config.cert_file) if config.cert_file else None,
+                keyfile=str(config.key_file) if config.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        client.will_set(self.status_topic, will_payload, qos=1, retain=True)
+        client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # type: ignore[arg-type]
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            logger.error("the broker refused the cloud link: %s", reason)
+            return
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Subscribe before anything is sent again, so that no answer comes before it.
+        client.subscribe(self.response_topic, qos=1)
+        self._connected.set()
+        self._metrics.cloud_connected.set(1)
+        logger.info(
+            "cloud link connected (session %s)",
+            "resumed" if getattr(flags, "session_present", False) else "new",
+        )
+        try:
+            self._on_connect_cb()
+        except Exception:
+            logger.exception("the cloud link's connect callback failed")
+        now = self._clock()
+        with self._cond:
+            pending = list(self._pending.items())
+            for request_id, entry in pending:
+                entry.attempts += 1
+                entry.next_send = now + self._config.retry_interval_s
+                self._schedule(entry, request_id)
+        for request_id, entry in pending:
+            self._metrics.cloud_retries.inc()
+            self._send(request_id, entry, now)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        logger.debug("cloud link: connecting to the broker failed; retrying")
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        self._metrics.cloud_connected.set(0)
+        if was_connected:
+            self._metrics.cloud_disconnects.inc()
+            if not self._closing:
+                logger.warning("cloud link lost the broker (%s); reconnecting", reason)
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        with self._tracked_lock:
+            if mid not in self._tracked:
+                return
+            self._tracked.discard(mid)
+        try:
+            self._on_published(mid)
+        except Exception:
+            logger.exception("the cloud link's publish callback failed")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic != self.response_topic:
+            return
+        payload = bytes(message.payload)
+        correlation = getattr(message.properties, "CorrelationData", None)
+        request_id = bytes(correlation).decode("utf-8", "replace") if correlation else None
+        if request_id is None:
+            request_id = _id_in(payload)
+            if request_id is None:
+                self._metrics.cloud_answers_dropped.labels(reason="malformed").inc()
+                logger.warning("dropped an answer with neither correlation data nor an id")
+                return
+        with self._cond:
+            entry = self._pending.pop(request_id, None)
+        if entry is None:
+            try:
+                self._on_unmatched(request_id, payload)
+            except Exception:
+                logger.exception("the cloud link's unmatched-answer callback failed")
+            return
+        self._slots.release()
+        self._metrics.cloud_in_flight.set(len(self._pending))
+        self._finish(
+            entry,
+            CloudAnswer(
+                request_id=request_id,
+                payload=payload,
+                round_trip_s=self._clock() - entry.first_sent,
+                attempts=entry.attempts,
+            ),
+        )
+
+
+def _id_in(payload: bytes) -> str | None:
+    """The ``id`` of an answer without Correlation Data (an MQTT 3.1.1 bridge in between)."""
+    try:
+        header, _ = split_frame(payload)
+        value = json.loads(bytes(header)).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
