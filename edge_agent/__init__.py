@@ -6,7 +6,9 @@
     models.py      a loaded model: signature, input checks, one interpreter per worker
     probe.py       loads a model in a child process first, so a crashing file fails alone
     registry.py    configured models and their state (loading, ready, failed + reason)
-    router.py      where a request is answered (edge today; the cloud fallback plugs in here)
+    confidence.py  confidence scores of an answer (max probability, Sedna's entropy score)
+    router.py      where a request is answered: the fallback policy per model
+    cloud/         the MQTT link to the hubs, circuit breaker, on-disk outbox, telemetry
     api/           the local Open Inference Protocol v2 HTTP API (standard library server)
     metrics.py     Prometheus metrics in the agent's own registry
     lifecycle.py   the request gate that drains in-flight requests on SIGTERM
@@ -22,6 +24,9 @@ Importing this package imports no interpreter; the runtime is chosen when the ag
 from .errors import (
     AgentError,
     ClientError,
+    CloudRequestError,
+    CloudTimeoutError,
+    CloudUnavailableError,
     ConfigError,
     ConnectError,
     HttpRequestError,
@@ -30,6 +35,8 @@ from .errors import (
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
+    OutboxFullError,
+    QueuedError,
     ResponseError,
     RuntimeUnavailableError,
     UnavailableError,
@@ -38,6 +45,9 @@ from .errors import (
 __all__ = [
     "AgentError",
     "ClientError",
+    "CloudRequestError",
+    "CloudTimeoutError",
+    "CloudUnavailableError",
     "ConfigError",
     "ConnectError",
     "HttpRequestError",
@@ -46,6 +56,8 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelNotReadyError",
+    "OutboxFullError",
+    "QueuedError",
     "ResponseError",
     "RuntimeUnavailableError",
     "UnavailableError",

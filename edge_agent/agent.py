@@ -1,9 +1,11 @@
 """The agent: builds the parts from a config, starts them in order, and stops them with a drain.
 
 Start order: data dir, runtime, metrics endpoint, local API socket (so a busy port fails fast),
-then the models, which may take a while; until they are loaded the API answers ``ready: false``.
-Stop order: close the request gate (new requests get 503), wait for in-flight requests, then close
-the servers and interpreters.
+the cloud link (outbox opened, connecting in the background), then the models, which may take a
+while; until they are loaded the API answers ``ready: false``.
+Stop order: close the request gate (new requests get 503), wait for in-flight requests, close the
+cloud link (offline status published; the outbox stays on disk), then the servers and
+interpreters.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from protocols import DeviceState, DeviceStatus
 
 from .addresses import TcpAddress, UnixAddress
 from .api import ApiContext, ApiServer
+from .cloud.gateway import CloudGateway
 from .config import AgentConfig
 from .errors import AgentError, ConfigError
 from .lifecycle import RequestGate
@@ -52,7 +55,21 @@ class Agent:
         self.config = config
         self.metrics = AgentMetrics()
         self.registry = ModelRegistry(config.models)
-        self.router = Router(self.registry, self.metrics)
+        self.cloud: CloudGateway | None = None
+        if config.cloud is not None:
+            self.cloud = CloudGateway(
+                config.cloud,
+                device_id=config.device_id,
+                data_dir=config.data_dir,
+                metrics=self.metrics,
+                status=self._status_payload,
+            )
+        self.router = Router(
+            self.registry,
+            self.metrics,
+            self.cloud,
+            remote_models=config.cloud.remote_models if config.cloud is not None else (),
+        )
         self.gate = RequestGate()
         self.runtime: RuntimeInfo | None = None
         self.runtime_error: str | None = None
@@ -79,6 +96,8 @@ class Agent:
             if metrics_address is not None:
                 self._metrics_server = MetricsServer(self.metrics, metrics_address)
             self._api = ApiServer(self.config.api, self._api_context())
+            if self.cloud is not None:
+                self.cloud.start()
             self._api.start()
             self.registry.load_all(
                 self.runtime,
@@ -88,8 +107,11 @@ class Agent:
                 probe_timeout_s=self.config.probe_timeout_s,
             )
         except BaseException:
+            self._close_cloud()
             self._close_servers()
             raise
+        if self.cloud is not None:
+            self.cloud.publish_status()
         self._update_model_gauges()
         loaded = sum(1 for s in self.registry.statuses() if s.state is ModelState.READY)
         logger.info(
@@ -121,6 +143,7 @@ class Agent:
                 self.gate.in_flight,
                 timeout_s,
             )
+        self._close_cloud()
         self._close_servers()
         self.registry.close()
         return drained
@@ -133,25 +156,33 @@ class Agent:
         self.stop()
 
     def status(self) -> dict[str, Any]:
-        """Local status, shaped as the ``DeviceStatus`` message the agent will publish."""
+        """Local status, shaped as the ``DeviceStatus`` message the agent publishes."""
+        return self._status_message(DeviceState.ONLINE).model_dump(mode="json")
+
+    def _status_payload(self, state: DeviceState) -> bytes:
+        return self._status_message(state).model_dump_json(exclude_none=True).encode("utf-8")
+
+    def _status_message(self, state: DeviceState) -> DeviceStatus:
         statuses = self.registry.statuses()
-        message = DeviceStatus(
+        detail: dict[str, Any] = {
+            "runtime_version": self.runtime.version if self.runtime else None,
+            "runtime_error": self.runtime_error,
+            "draining": self.gate.draining,
+            "in_flight": self.gate.in_flight,
+            "models": {s.name: _model_detail(s) for s in statuses},
+        }
+        if self.cloud is not None:
+            detail["cloud"] = self.cloud.detail()
+        return DeviceStatus(
             device_id=self.config.device_id,
             timestamp_s=time.time(),
-            state=DeviceState.ONLINE,
+            state=state,
             device_class=self.config.device_class,
             agent_version=agent_version(),
             runtime=self.runtime.name if self.runtime else None,
             models=[s.name for s in statuses if s.state is ModelState.READY],
-            detail={
-                "runtime_version": self.runtime.version if self.runtime else None,
-                "runtime_error": self.runtime_error,
-                "draining": self.gate.draining,
-                "in_flight": self.gate.in_flight,
-                "models": {s.name: _model_detail(s) for s in statuses},
-            },
+            detail=detail,
         )
-        return message.model_dump(mode="json")
 
     def _api_context(self) -> ApiContext:
         return ApiContext(
@@ -191,6 +222,10 @@ class Agent:
             ready += is_ready
             self.metrics.model_ready.labels(model=status.name).set(1 if is_ready else 0)
         self.metrics.models_loaded.set(ready)
+
+    def _close_cloud(self) -> None:
+        if self.cloud is not None:
+            self.cloud.stop()
 
     def _close_servers(self) -> None:
         if self._api is not None:

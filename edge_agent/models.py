@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,8 @@ __all__ = ["LoadedModel", "load_model", "read_labels"]
 logger = logging.getLogger(__name__)
 
 PLATFORM = "tensorflow_lite"
+RUN_TIME_SMOOTHING = 0.1
+"""Weight of the newest run in the moving average of run times (latency budget estimates)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -66,6 +70,9 @@ class LoadedModel:
         self._idle: queue.SimpleQueue[Backend] = queue.SimpleQueue()
         for backend in backends:
             self._idle.put(backend)
+        self._load_lock = threading.Lock()
+        self._inside = 0
+        self._mean_run_s = 0.0
 
     def infer(
         self, inputs: Mapping[str, Array], outputs: Sequence[str] | None = None
@@ -74,26 +81,57 @@ class LoadedModel:
 
         :class:`InputError` for inputs that do not fit the signature or unknown output names.
         """
-        checked = _check_inputs(self.name, self._expected, inputs)
-        if outputs is not None:
-            self._check_outputs(outputs)
+        checked = self.check(inputs, outputs)
+        with self._load_lock:
+            self._inside += 1
         try:
-            backend = self._idle.get(block=False)
-        except queue.Empty:
             try:
-                backend = self._idle.get(timeout=self._worker_timeout_s)
+                backend = self._idle.get(block=False)
             except queue.Empty:
-                raise UnavailableError(
-                    f"all {self.worker_count} workers of model {self.name!r} stayed busy for "
-                    f"{self._worker_timeout_s:g} s"
-                ) from None
-        try:
-            result = backend.infer(checked)
+                try:
+                    backend = self._idle.get(timeout=self._worker_timeout_s)
+                except queue.Empty:
+                    raise UnavailableError(
+                        f"all {self.worker_count} workers of model {self.name!r} stayed busy for "
+                        f"{self._worker_timeout_s:g} s"
+                    ) from None
+            start = time.perf_counter()
+            try:
+                result = backend.infer(checked)
+            finally:
+                self._idle.put(backend)
+            run_s = time.perf_counter() - start
         finally:
-            self._idle.put(backend)
+            with self._load_lock:
+                self._inside -= 1
+        with self._load_lock:
+            if self._mean_run_s == 0.0:
+                self._mean_run_s = run_s
+            else:
+                self._mean_run_s += RUN_TIME_SMOOTHING * (run_s - self._mean_run_s)
         if outputs is None:
             return result
         return {name: result[name] for name in outputs}
+
+    def check(
+        self, inputs: Mapping[str, Array], outputs: Sequence[str] | None = None
+    ) -> dict[str, Array]:
+        """``inputs`` as the interpreter takes them; :class:`InputError` if they do not fit."""
+        checked = _check_inputs(self.name, self._expected, inputs)
+        if outputs is not None:
+            self._check_outputs(outputs)
+        return checked
+
+    def expected_latency_s(self) -> float:
+        """What a request arriving now would take here: its wait for a worker (the requests
+        already inside, spread over the workers) plus one run, from the recent run times."""
+        with self._load_lock:
+            ahead = max(0, self._inside - self.worker_count + 1)
+            return (1.0 + ahead / self.worker_count) * self._mean_run_s
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self._output_names
 
     def _check_outputs(self, outputs: Sequence[str]) -> None:
         unknown = [name for name in outputs if name not in self._output_names]

@@ -137,6 +137,14 @@ class ModelRegistry:
             raise ModelNotReadyError(f"model {name!r} is still loading")
         raise ModelNotReadyError(f"model {name!r} failed to load: {status.error}")
 
+    def config(self, name: str) -> ModelConfig | None:
+        return self._configs.get(name)
+
+    def labels(self, name: str) -> tuple[str, ...]:
+        """The model's class labels; none when it has none or is not loaded."""
+        model = self._loaded.get(name)
+        return () if model is None else model.labels
+
     def status(self, name: str) -> ModelStatus | None:
         return self._status.get(name)
 

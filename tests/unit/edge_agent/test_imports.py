@@ -24,6 +24,7 @@ def test_importing_every_module_stays_light() -> None:
         "import edge_agent, edge_agent.agent, edge_agent.cli, edge_agent.client, edge_agent.probe\n"
         "import edge_agent.runtime.litert, edge_agent.runtime.tflite\n"
         "import edge_agent.runtime.tensorflow_lite\n"
+        "import edge_agent.cloud.gateway, edge_agent.cloud.link, edge_agent.cloud.outbox\n"
         f"heavy = {HEAVY!r}\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(heavy))))\n"
     )
