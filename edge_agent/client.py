@@ -10,6 +10,10 @@ the agent had already closed is retried once on a fresh one.
         result = client.infer("digits", {"pixels": batch})
         probabilities = result.outputs["output_0"]
         result.served_by  # "edge" or "cloud"
+
+A model whose fallback queues (``on_cloud_unavailable: queue``) may answer 202 while the cloud is
+out of reach: ``infer`` then raises :class:`QueuedError` with the request id, and
+:meth:`EdgeClient.result` / :meth:`EdgeClient.wait_result` fetch the answer later.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import http.client
 import json
 import queue
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +42,7 @@ from protocols import (
 )
 
 from .addresses import TcpAddress, UnixAddress, parse_address
-from .errors import ConfigError, ConnectError, ResponseError
+from .errors import ClientError, ConfigError, ConnectError, QueuedError, ResponseError
 
 __all__ = ["EdgeClient", "InferResult"]
 
@@ -63,6 +68,17 @@ class InferResult:
         """``"edge"`` or ``"cloud"``."""
         value = self.parameters.get("served_by")
         return None if value is None else str(value)
+
+    @property
+    def fallback_reason(self) -> str | None:
+        """Why the agent handed the request to the cloud (``None`` when it did not)."""
+        value = self.parameters.get("fallback_reason")
+        return None if value is None else str(value)
+
+    @property
+    def degraded(self) -> bool:
+        """Answered on the device although the cloud was wanted (it was out of reach)."""
+        return self.parameters.get("degraded") is True
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -116,7 +132,9 @@ class EdgeClient:
         """Run ``model`` on named arrays; outputs come back as numpy arrays.
 
         ``binary`` (default: the client's) sends and asks for tensors in binary; ``outputs``
-        names the outputs wanted (all when ``None``).
+        names the outputs wanted (all when ``None``). ``request_id`` names the request; for a
+        model that queues it is also the idempotency key (the same id is answered once).
+        Raises :class:`QueuedError` when the agent queued the request for the cloud (202).
         """
         use_binary = self._binary if binary is None else binary
         body = encode_request(
@@ -134,6 +152,39 @@ class EdgeClient:
         status, response_headers, payload = self._request(
             "POST", self._model_path(model, version, "/infer"), body.to_bytes(), headers
         )
+        if status == 202:
+            raise _queued(payload)
+        return self._infer_result(status, response_headers, payload)
+
+    def result(self, request_id: str) -> InferResult | None:
+        """The answer to a queued request, or ``None`` while it waits for the cloud.
+
+        :class:`ResponseError` 404 when the agent knows no such request (never queued, or its
+        answer expired), or with the cloud's error when the cloud refused it.
+        """
+        status, headers, payload = self._request(
+            "GET", f"/v2/requests/{quote(request_id, safe='')}"
+        )
+        if status == 202:
+            return None
+        return self._infer_result(status, headers, payload)
+
+    def wait_result(
+        self, request_id: str, *, timeout_s: float = 60.0, poll_interval_s: float = 0.1
+    ) -> InferResult:
+        """Poll :meth:`result` until the answer comes; :class:`ClientError` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            answer = self.result(request_id)
+            if answer is not None:
+                return answer
+            if time.monotonic() >= deadline:
+                raise ClientError(f"request {request_id!r} had no answer after {timeout_s:g} s")
+            time.sleep(poll_interval_s)
+
+    def _infer_result(
+        self, status: int, response_headers: http.client.HTTPMessage, payload: bytes
+    ) -> InferResult:
         if status != 200:
             raise _response_error(status, payload)
         try:
@@ -270,6 +321,17 @@ def _header_length(headers: http.client.HTTPMessage) -> int | None:
         raise ResponseError(
             f"the agent sent {HEADER_LENGTH_HEADER}: {value!r}, not an integer", status=200
         ) from None
+
+
+def _queued(payload: bytes) -> QueuedError:
+    try:
+        data = json.loads(payload)
+        request_id = str(data["id"])
+    except (ValueError, KeyError, TypeError):
+        raise ResponseError("the agent answered 202 without a request id", status=202) from None
+    parameters = data.get("parameters") or {}
+    reason = parameters.get("fallback_reason") if isinstance(parameters, dict) else None
+    return QueuedError(request_id, reason=None if reason is None else str(reason))
 
 
 def _response_error(status: int, payload: bytes) -> ResponseError:

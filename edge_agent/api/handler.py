@@ -21,6 +21,7 @@ from typing import Any, Protocol, cast
 
 from protocols import (
     HEADER_LENGTH_HEADER,
+    EncodedBody,
     Limits,
     PayloadTooLargeError,
     ProtocolError,
@@ -30,12 +31,14 @@ from protocols import (
     wants_binary_output,
 )
 
+from ..cloud.outbox import StoredRequest
 from ..errors import AgentError, HttpRequestError, InputError, ModelNotReadyError
 from ..lifecycle import RequestGate
 from ..metrics import UNKNOWN_MODEL, AgentMetrics
 from ..registry import ModelRegistry, ModelState
-from ..router import Router
+from ..router import QueuedResult, Router
 from .classification import CLASSIFICATION, classification_count, classify
+from .queued import REQUESTS_PATH, pending_body, reply_format, stored_answer
 from .routes import Endpoint, Route, match_route
 
 __all__ = ["EXTENSIONS", "ApiContext", "ApiHandler"]
@@ -139,6 +142,10 @@ class ApiHandler(BaseHTTPRequestHandler):
             if route.endpoint is Endpoint.INFER:
                 self._infer(route)
                 return
+            if route.endpoint is Endpoint.REQUEST:
+                assert route.request_id is not None
+                self._send_request_state(route.request_id)
+                return
             status, payload = self._get(route)
             self._send_json(status, payload)
         except HttpRequestError as exc:
@@ -199,7 +206,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         ctx = self.context
         start = time.perf_counter()
         assert route.model is not None
-        label = route.model if ctx.registry.knows(route.model) else UNKNOWN_MODEL
+        label = route.model if ctx.router.knows(route.model) else UNKNOWN_MODEL
         if not ctx.gate.enter():
             ctx.metrics.error(label, "draining")
             self._send_json(
@@ -234,10 +241,21 @@ class ApiHandler(BaseHTTPRequestHandler):
             self._send_json(exc.status, {"error": str(exc)}, headers=headers)
             return
         try:
-            result = ctx.router.infer(model, decoded.tensors, version=route.version, outputs=wanted)
+            result = ctx.router.infer(
+                model,
+                decoded.tensors,
+                version=route.version,
+                outputs=wanted,
+                request_id=request.id,
+                reply=reply_format(request, classes),
+            )
+            if isinstance(result, QueuedResult):
+                self._send_queued(result)
+                ctx.metrics.model(label).http_seconds.observe(time.perf_counter() - start)
+                return
             outputs = result.outputs
             if classes:
-                labels = ctx.registry.get(result.model_name).labels
+                labels = ctx.registry.labels(result.model_name)
                 outputs = dict(outputs)
                 for name, count in classes.items():
                     outputs[name] = classify(outputs[name], count, labels)
@@ -249,20 +267,59 @@ class ApiHandler(BaseHTTPRequestHandler):
             outputs,
             model_name=result.model_name,
             model_version=result.model_version,
-            id=request.id,
+            id=result.request_id or request.id,
             parameters=dict(result.parameters),
             binary=binary,
         )
+        self._send_encoded(200, encoded)
+        ctx.metrics.model(result.model_name).http_seconds.observe(time.perf_counter() - start)
+
+    # -- queued requests --------------------------------------------------------------------
+
+    def _send_queued(self, result: QueuedResult) -> None:
+        """202 with the id while the request waits; its answer when it already has one."""
+        if result.answered:
+            self._send_stored(result.stored)
+            return
+        self._send_json(
+            202,
+            pending_body(result.stored, result.model_name),
+            headers={"Location": REQUESTS_PATH + result.request_id},
+        )
+
+    def _send_request_state(self, request_id: str) -> None:
+        """``GET /v2/requests/{id}``: 202 while pending, 200 with the answer, 404 unknown."""
+        stored = self.context.router.lookup(request_id)
+        if stored is None:
+            self._send_json(
+                404,
+                {"error": f"no queued request {request_id!r} here (never queued, or expired)"},
+            )
+            return
+        if stored.answer is None:
+            model_name = str(stored.reply.get("model_name", ""))
+            self._send_json(202, pending_body(stored, model_name))
+            return
+        self._send_stored(stored)
+
+    def _send_stored(self, stored: StoredRequest) -> None:
+        try:
+            encoded = stored_answer(stored, self.context.registry.labels)
+        except AgentError as exc:  # the cloud answered this request with an error
+            self._send_json(exc.status, {"error": str(exc), "id": stored.request_id})
+            return
+        self._send_encoded(200, encoded)
+
+    def _send_encoded(self, status: int, encoded: EncodedBody) -> None:
         headers = {}
         if encoded.header_length is not None:
             headers[HEADER_LENGTH_HEADER] = str(encoded.header_length)
         self._send(
-            200,
+            status,
             [encoded.header, *encoded.binary],
             content_type=OCTET_STREAM if encoded.binary else JSON,
             headers=headers,
         )
-        ctx.metrics.model(result.model_name).http_seconds.observe(time.perf_counter() - start)
 
     def _declared_length(self) -> int | None:
         raw = self.headers.get("Content-Length")

@@ -1,4 +1,5 @@
-"""The local API's paths: the Open Inference Protocol v2 subset the agent serves, plus ``/status``."""
+"""The local API's paths: the Open Inference Protocol v2 subset the agent serves, plus ``/status``
+and ``/v2/requests/{id}`` (the answer to a request the agent queued for the cloud)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class Endpoint(enum.Enum):
     MODEL_READY = "model_ready"
     INFER = "infer"
     STATUS = "status"
+    REQUEST = "request"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -27,6 +29,7 @@ class Route:
     endpoint: Endpoint
     model: str | None = None
     version: str | None = None
+    request_id: str | None = None
 
 
 _FIXED = {
@@ -37,6 +40,7 @@ _FIXED = {
 }
 _MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?$")
 _TAILS = {None: Endpoint.MODEL_METADATA, "/ready": Endpoint.MODEL_READY, "/infer": Endpoint.INFER}
+_REQUEST = re.compile(r"^/v2/requests/([^/]+)$")
 
 
 def match_route(method: str, target: str) -> Route:
@@ -46,6 +50,8 @@ def match_route(method: str, target: str) -> Route:
     route: Route | None = None
     if endpoint is not None:
         route = Route(endpoint=endpoint)
+    elif (found_request := _REQUEST.match(path)) is not None:
+        route = Route(endpoint=Endpoint.REQUEST, request_id=unquote(found_request.group(1)))
     else:
         found = _MODEL.match(path)
         if found is not None:
