@@ -1,0 +1,270 @@
+"""Edge-to-cloud fallback through real processes: Mosquitto, ``cloud-hub serve`` with its MQTT
+bridge, and ``edge-agent run``, called over the agent's local HTTP API.
+
+The edge runs the digits int8 model; the cloud model is the digits fp32 ``.tflite`` served by the
+hub's tflite backend, so each answer can be checked against the interpreter's own outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.errors import QueuedError, ResponseError
+from protocols import DeviceStatus, Telemetry, status_topic, telemetry_topic
+from tests.support.broker import Broker
+from tests.support.fallback import (
+    AgentProcess,
+    Watcher,
+    fallback_repository,
+    start_mqtt_hub,
+    wait_hub_connected,
+)
+from tests.support.hub import HubProcess
+from tests.support.models import (
+    DIGITS_INPUT,
+    DIGITS_OUTPUT,
+    DigitsModels,
+    ensure_digits_models,
+    first_available_runtime,
+    output_scale,
+    require,
+)
+
+pytestmark = pytest.mark.integration
+
+DEVICE = "fallback-device"
+THRESHOLD = 0.9
+MARGIN = 0.02
+"""Digits whose int8 confidence is this close to the threshold are left out: the agent's int8
+outputs equal the reference to within one quantization step, which may tip them either way."""
+
+
+@pytest.fixture(scope="module")
+def digits() -> DigitsModels:
+    return require(ensure_digits_models)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def repository(digits: DigitsModels, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fallback_repository(tmp_path_factory.mktemp("repo"), digits)
+
+
+@pytest.fixture
+def hub(repository: Path, broker: Broker, tmp_path: Path) -> Iterator[HubProcess]:
+    process = start_mqtt_hub(repository, tmp_path / "hub", broker)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path) -> Iterator[Any]:
+    agents: list[AgentProcess] = []
+
+    def make(config: dict[str, Any]) -> AgentProcess:
+        agent = AgentProcess(workdir=tmp_path / f"agent{len(agents)}", config=config)
+        agents.append(agent)
+        agent.start()
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.stop()
+
+
+def cloud_section(broker: Broker, **settings: Any) -> dict[str, Any]:
+    return {"broker": broker.address, "retry_interval_s": 0.3, "reconnect_min_s": 0.05, **settings}
+
+
+def test_confident_digits_stay_at_the_edge_and_the_rest_go_to_the_cloud_model(
+    digits: DigitsModels, broker: Broker, hub: HubProcess, make_agent: Any
+) -> None:
+    agent = make_agent(
+        {
+            "device_id": DEVICE,
+            "models": [
+                {
+                    "name": "digits",
+                    "path": str(digits.model("int8")),
+                    "fallback": {
+                        "policy": "on_low_confidence",
+                        "threshold": THRESHOLD,
+                        "cloud_model": "cloud_digits",
+                    },
+                }
+            ],
+            "cloud": cloud_section(
+                broker, remote_models=[{"name": "digits_large", "cloud_model": "cloud_digits"}]
+            ),
+        }
+    )
+    x, _ = digits.data()
+    edge_reference = digits.reference("int8")
+    cloud_reference = digits.reference("fp32")
+    step = output_scale(first_available_runtime(), digits.model("int8"))
+    top = edge_reference.max(axis=1)
+    rows = np.flatnonzero(np.abs(top - THRESHOLD) > MARGIN)
+    served: dict[str, int] = {"edge": 0, "cloud": 0}
+    with agent.client() as client:
+        for i in rows:
+            result = client.infer("digits", {DIGITS_INPUT: x[i : i + 1]}, request_id=f"d{i}")
+            assert result.id == f"d{i}"
+            got = result.outputs[DIGITS_OUTPUT]
+            if top[i] >= THRESHOLD:
+                assert result.parameters == {"served_by": "edge"}
+                np.testing.assert_allclose(got, edge_reference[i : i + 1], atol=step * 1.01)
+            else:
+                assert result.parameters == {
+                    "served_by": "cloud",
+                    "fallback_reason": "low_confidence",
+                    "cloud_model": "cloud_digits",
+                }
+                np.testing.assert_allclose(got, cloud_reference[i : i + 1], rtol=1e-5, atol=1e-6)
+            served[str(result.served_by)] += 1
+        remote = client.infer("digits_large", {DIGITS_INPUT: x[:3]})
+    assert served["edge"] > 0
+    assert served["cloud"] > 0
+    assert (remote.served_by, remote.fallback_reason) == ("cloud", "missing")
+    np.testing.assert_allclose(
+        remote.outputs[DIGITS_OUTPUT], cloud_reference[:3], rtol=1e-5, atol=1e-6
+    )
+    low = agent.metric('edge_agent_fallback_total{model="digits",reason="low_confidence"}')
+    missing = agent.metric('edge_agent_fallback_total{model="digits_large",reason="missing"}')
+    assert (low, missing) == (served["cloud"], 1)
+    assert (
+        agent.metric('edge_agent_requests_total{model="digits",served_by="edge"}') == served["edge"]
+    )
+    assert agent.metric("edge_agent_cloud_round_trip_seconds_count") == served["cloud"] + 1
+
+
+def test_status_is_retained_with_a_last_will_and_telemetry_arrives(
+    digits: DigitsModels, broker: Broker, hub: HubProcess, make_agent: Any
+) -> None:
+    agent = make_agent(
+        {
+            "device_id": DEVICE,
+            "device_class": "pi",
+            "models": [{"name": "digits", "path": str(digits.model("int8"))}],
+            "cloud": cloud_section(broker, telemetry_interval_s=0.2),
+        }
+    )
+    with agent.client() as client:
+        client.infer("digits", {DIGITS_INPUT: np.zeros((1, 64), np.float32)})
+    watcher = Watcher(broker, status_topic(DEVICE), telemetry_topic(DEVICE))
+    try:
+        seen_status: list[DeviceStatus] = []
+        seen_telemetry: list[Telemetry] = []
+        while not (seen_status and seen_telemetry):
+            message = watcher.next()
+            data = json.loads(message.payload)
+            if message.topic == status_topic(DEVICE):
+                assert message.retain
+                seen_status.append(DeviceStatus.model_validate(data))
+            else:
+                seen_telemetry.append(Telemetry.model_validate(data))
+        status = seen_status[-1]
+        assert (status.state.value, status.device_class, status.models) == (
+            "online",
+            "pi",
+            ["digits"],
+        )
+        telemetry = seen_telemetry[-1]
+        assert telemetry.device_id == DEVICE
+        assert telemetry.counters["edge_agent_requests_total{model=digits,served_by=edge}"] == 1.0
+        assert telemetry.gauges["edge_agent_cloud_connected"] == 1.0
+        agent.kill()  # no goodbye: the broker publishes the Last Will
+        while True:
+            message = watcher.next()
+            if message.topic == status_topic(DEVICE):
+                break
+        assert DeviceStatus.model_validate(json.loads(message.payload)).state.value == "offline"
+    finally:
+        watcher.close()
+
+
+def test_hub_down_local_degrades_error_fails_fast_queue_delivers_after_a_kill(
+    digits: DigitsModels, broker: Broker, hub: HubProcess, make_agent: Any
+) -> None:
+    def model(name: str, unavailable: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "path": str(digits.model("int8")),
+            "fallback": {
+                "policy": "always",
+                "cloud_model": "cloud_digits",
+                "deadline_s": 1.0,
+                "on_cloud_unavailable": unavailable,
+            },
+        }
+
+    config = {
+        "device_id": DEVICE,
+        "models": [model("m_local", "local"), model("m_error", "error"), model("m_queue", "queue")],
+        "cloud": cloud_section(broker, breaker={"failures": 2, "cooldown_s": 3.0}),
+    }
+    agent = make_agent(config)
+    x, _ = digits.data()
+    cloud_reference = digits.reference("fp32")
+    one = {DIGITS_INPUT: x[:1]}
+    with agent.client() as client:
+        for name in ("m_local", "m_error", "m_queue"):
+            assert client.infer(name, one).served_by == "cloud"
+
+        hub.stop()
+        degraded = client.infer("m_local", one)  # waits out its deadline: failure 1
+        assert degraded.parameters == {
+            "served_by": "edge",
+            "fallback_reason": "cloud_unavailable",
+            "degraded": True,
+        }
+        with pytest.raises(ResponseError) as timed_out:  # failure 2: the breaker opens
+            client.infer("m_error", one)
+        assert timed_out.value.status == 504
+        with pytest.raises(ResponseError, match="breaker is open") as fast:
+            client.infer("m_error", one)
+        assert fast.value.status == 503
+        assert agent.metric("edge_agent_cloud_breaker_state") == 2
+        assert client.infer("m_local", one).degraded
+
+        queued: list[str] = []
+        for i in range(20):
+            with pytest.raises(QueuedError) as waiting:
+                client.infer("m_queue", {DIGITS_INPUT: x[i : i + 1]}, request_id=f"q{i}")
+            assert (waiting.value.request_id, waiting.value.reason) == (f"q{i}", "always")
+            queued.append(f"q{i}")
+        assert client.result("q0") is None
+        with pytest.raises(QueuedError):  # the same id again: still the one request
+            client.infer("m_queue", {DIGITS_INPUT: x[:1]}, request_id="q0")
+        with pytest.raises(ResponseError) as unknown:
+            client.result("never-sent")
+        assert unknown.value.status == 404
+
+    agent.kill()
+    agent.start()  # same data dir: the outbox is still there
+    assert agent.metric('edge_agent_outbox_depth{kind="request"}') == 20
+    hub.start()
+    wait_hub_connected(hub)
+    with agent.client() as client:
+        for i, request_id in enumerate(queued):
+            answer = client.wait_result(request_id, timeout_s=60)
+            assert answer.id == request_id
+            assert answer.parameters == {
+                "served_by": "cloud",
+                "fallback_reason": "always",
+                "queued": True,
+            }
+            np.testing.assert_allclose(
+                answer.outputs[DIGITS_OUTPUT], cloud_reference[i : i + 1], rtol=1e-5, atol=1e-6
+            )
+            again = client.result(request_id)  # fetching again gives the same answer
+            assert again is not None
+            np.testing.assert_array_equal(
+                again.outputs[DIGITS_OUTPUT], answer.outputs[DIGITS_OUTPUT]
+            )
+    assert agent.metric('edge_agent_outbox_delivered_total{kind="request"}') == 20
+    assert agent.metric('edge_agent_outbox_depth{kind="answer"}') == 20
