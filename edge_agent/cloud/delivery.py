@@ -45,7 +45,6 @@ class Delivery:
         metrics: AgentMetrics,
         telemetry_topic: str,
         max_in_flight: int,
-        on_answer: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._outbox = outbox
@@ -54,7 +53,6 @@ class Delivery:
         self._metrics = metrics
         self._telemetry_topic = telemetry_topic
         self._max_in_flight = max_in_flight
-        self._on_answer = on_answer
         self._clock = clock
         self._events: queue.SimpleQueue[tuple[str, str, bytes | None]] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -156,13 +154,9 @@ class Delivery:
             self._metrics.outbox_delivered.labels(kind="telemetry").inc(len(acked))
         if not answers:
             return
-        for (request_id, _), outcome in zip(
-            answers, self._outbox.record_answers(answers), strict=True
-        ):
+        for outcome in self._outbox.record_answers(answers):
             if outcome is AnswerOutcome.STORED:
                 self._metrics.outbox_delivered.labels(kind="request").inc()
-                if self._on_answer is not None:
-                    self._on_answer(request_id)
             else:
                 self._metrics.cloud_answers_dropped.labels(reason=outcome.value).inc()
 

@@ -97,8 +97,8 @@ class Responder:
             self.answers_sent += 1
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -287,5 +287,5 @@ def test_the_offline_status_is_published_on_a_clean_stop(
         assert got.wait(5)
         assert DeviceState.OFFLINE.value.encode() in seen[0]
     finally:
-        watcher.loop_stop()
         watcher.disconnect()
+        watcher.loop_stop()

@@ -162,8 +162,8 @@ class Watcher:
         return self.messages.get(timeout=timeout_s)
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 def fallback_repository(root: Path, digits: DigitsModels) -> Path:
