@@ -199,7 +199,10 @@ class Delivery:
                     break
                 self._sending.add(item.request_id)
                 sent.append((item.request_id, item.deadline_s))
+            by_deadline: dict[float, list[str]] = {}
             for request_id, deadline_s in sent:
-                self._outbox.mark_sent([request_id], retry_after_s=deadline_s)
+                by_deadline.setdefault(deadline_s, []).append(request_id)
+            for deadline_s, request_ids in by_deadline.items():  # one transaction per deadline
+                self._outbox.mark_sent(request_ids, retry_after_s=deadline_s)
             if len(sent) < len(due):
                 return
