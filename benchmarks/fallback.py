@@ -599,18 +599,20 @@ def _report(
             "",
         ]
     )
+    goal = (
+        f"Cascade goal (within {GOAL_POINTS} points of cloud-only, >= {GOAL_LOCAL_SHARE:.0%} on the "
+        f"device; one digit is {100 / CASCADE_DIGITS:.2f} points here)"
+    )
     if best is not None:
+        closest = max(meeting, key=lambda r: (r.accuracy, 1 - r.cloud_share))
         lines.append(
-            f"Cascade goal (within {GOAL_POINTS} points of cloud-only, >= "
-            f"{GOAL_LOCAL_SHARE:.0%} on the device): met by {best.label}: "
-            f"{best.accuracy * 100:.2f}% vs {cloud.accuracy * 100:.2f}% with "
-            f"{(1 - best.cloud_share) * 100:.1f}% on the device."
+            f"{goal}: met by {len(meeting)} of {len(policies)} policies. Most on the device: "
+            f"{best.label}, {best.accuracy * 100:.2f}% vs {cloud.accuracy * 100:.2f}% with "
+            f"{(1 - best.cloud_share) * 100:.1f}% on the device; most accurate: {closest.label}, "
+            f"{closest.accuracy * 100:.2f}% with {(1 - closest.cloud_share) * 100:.1f}% on the device."
         )
     else:
-        lines.append(
-            f"Cascade goal (within {GOAL_POINTS} points of cloud-only, >= "
-            f"{GOAL_LOCAL_SHARE:.0%} on the device): MISSED by every threshold tried."
-        )
+        lines.append(f"{goal}: MISSED by every threshold tried.")
     return "\n".join(lines)
 
 
