@@ -1,0 +1,68 @@
+"""``python -m demo``: the main job end to end (``make demo``). Exit status 0 on success, 1 when
+a step fails (the message says why and what to do), 130 when interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from .errors import DemoError
+from .options import DEFAULT_CACHE, DEFAULT_REPORT, DEFAULT_THRESHOLD, DemoOptions
+from .processes import ChildError
+from .run import run
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m demo",
+        description="Train, convert, serve and stream the digits through edge and cloud.",
+    )
+    parser.add_argument(
+        "--limit", type=int, help="stream only the first N test digits (default: all 397)"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="edge confidence under which a digit goes to the cloud (default %(default)s)",
+    )
+    parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT)
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument(
+        "--work-dir", type=Path, help="keep the processes' files and logs here (default: temporary)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        options = DemoOptions(
+            limit=args.limit,
+            threshold=args.threshold,
+            report_dir=args.report_dir,
+            cache_dir=args.cache_dir,
+            work_dir=args.work_dir,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run(options)
+    except KeyboardInterrupt:
+        print("demo: interrupted; every process it started has stopped", file=sys.stderr)
+        return 130
+    except ChildError as exc:
+        print(f"demo: {exc}; the end of its log:\n{exc.child.tail()}", file=sys.stderr)
+        return 1
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

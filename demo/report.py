@@ -1,0 +1,230 @@
+"""The summary table (printed) and ``report.md``, ``summary.json`` and ``answers.csv``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocols import ArtifactManifest
+
+from .analysis import Latency, Summary
+from .artifacts import DemoModels
+from .stream import Recording
+
+REPORT = "report.md"
+SUMMARY = "summary.json"
+ANSWERS = "answers.csv"
+LATENCY_PLOT = "latency.png"
+ACCURACY_PLOT = "accuracy-vs-cloud-share.png"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunInfo:
+    """What the report says about how the numbers were made."""
+
+    models: DemoModels
+    quantum: str
+    """One line on the quantum classifier."""
+    machine: str
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.1f}%"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _reasons(summary: Summary) -> str:
+    return ", ".join(f"{name} {count}" for name, count in summary.reasons.items()) or "none"
+
+
+def _table(rows: list[list[str]], *, right: set[int]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def summary_text(summary: Summary) -> str:
+    """The table printed at the end of a run."""
+    served = _table(
+        [
+            ["", "requests", "share", "reasons"],
+            ["answered at the edge", str(summary.edge_answers), _pct(summary.edge_share), ""],
+            [
+                "answered in the cloud",
+                str(summary.cloud_answers),
+                _pct(summary.cloud_share),
+                _reasons(summary),
+            ],
+            ["total", str(summary.requests), "100.0%", ""],
+        ],
+        right={1, 2},
+    )
+    accuracy = _table(
+        [
+            ["accuracy", "edge only", "cloud only", "hybrid"],
+            [
+                "",
+                _pct(summary.accuracy_edge_only),
+                _pct(summary.accuracy_cloud_only),
+                _pct(summary.accuracy_hybrid),
+            ],
+        ],
+        right={1, 2, 3},
+    )
+
+    def row(name: str, value: Latency) -> list[str]:
+        return [name, str(value.count), _ms(value.p50_ms), _ms(value.p99_ms)]
+
+    latency = _table(
+        [
+            ["latency (ms)", "n", "p50", "p99"],
+            row("local answers", summary.latency_local),
+            row("fallback answers", summary.latency_fallback),
+        ],
+        right={1, 2, 3},
+    )
+    head = (
+        f"digits through the edge agent, on_low_confidence at {summary.threshold:g} "
+        f"(replay agrees on {summary.replay_agrees}/{summary.requests})"
+    )
+    return "\n".join([head, "", *served, "", *accuracy, "", *latency])
+
+
+def _md_table(header: list[str], rows: list[list[str]], *, numeric: int | None = None) -> str:
+    """Columns 1 to ``numeric`` (all but the first by default) are right-aligned."""
+    numeric = len(header) - 1 if numeric is None else numeric
+    align = ["---"] + ["---:"] * numeric + ["---"] * (len(header) - 1 - numeric)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(summary: Summary, info: RunInfo) -> str:
+    edge, cloud = info.models.edge.manifest, info.models.cloud.manifest
+    training = info.models.training
+    served = _md_table(
+        ["answered", "requests", "share", "reasons"],
+        [
+            ["at the edge", str(summary.edge_answers), _pct(summary.edge_share), ""],
+            [
+                "in the cloud",
+                str(summary.cloud_answers),
+                _pct(summary.cloud_share),
+                _reasons(summary),
+            ],
+            ["total", str(summary.requests), "100.0%", ""],
+        ],
+        numeric=2,
+    )
+    accuracy = _md_table(
+        ["", "edge only", "cloud only", "hybrid"],
+        [
+            [
+                "accuracy",
+                _pct(summary.accuracy_edge_only),
+                _pct(summary.accuracy_cloud_only),
+                _pct(summary.accuracy_hybrid),
+            ]
+        ],
+    )
+    latency = _md_table(
+        ["latency (ms, at the caller)", "n", "p50", "p99"],
+        [
+            [name, str(v.count), _ms(v.p50_ms), _ms(v.p99_ms)]
+            for name, v in (
+                ("hybrid: local answers", summary.latency_local),
+                ("hybrid: fallback answers", summary.latency_fallback),
+                ("edge only", summary.latency_edge_only),
+                ("cloud only", summary.latency_cloud_only),
+            )
+        ],
+    )
+    replay = _md_table(
+        ["threshold", "sent to the cloud", "accuracy"],
+        [
+            [
+                f"**{p.threshold:g}**" if p.threshold == summary.threshold else f"{p.threshold:g}",
+                _pct(p.cloud_share),
+                _pct(p.accuracy),
+            ]
+            for p in summary.replay
+        ],
+    )
+
+    def model_line(role: str, served_as: str, manifest: ArtifactManifest, key: str) -> str:
+        top1 = manifest.validation.outputs[0].top1_agreement
+        agreement = "" if top1 is None else f", top-1 agreement with Keras {_pct(top1)}"
+        return (
+            f"- {role}: `{served_as}`, {training[key]['parameters']:,} parameters, "
+            f"profile `{manifest.profile}` ({manifest.format} {manifest.precision}, "
+            f"{manifest.size_bytes / 1024:.1f} KiB{agreement} on "
+            f"{manifest.validation.samples} digits)"
+        )
+
+    return f"""# Demo report
+
+{summary.requests} digits from scikit-learn's test split, one request each, through the edge
+agent's local API (`EdgeClient`). The agent answers with the edge model and hands a request to
+the hub over MQTT when the edge model's top probability is under **{summary.threshold:g}**
+(`on_low_confidence`). The same digits then went through the edge model alone and the cloud
+model alone (a remote model on the agent, answered by the hub).
+
+{model_line("edge model", "digits", edge, "edge")}
+{model_line("cloud model", "digits-cloud", cloud, "cloud")}
+- quantum classifier: {info.quantum}
+- machine: {info.machine}
+
+## Where requests were answered
+
+{served}
+
+## Accuracy
+
+{accuracy}
+
+## Latency
+
+{latency}
+
+Local answers run the fp16 TFLite model in the agent; fallback answers also go through
+Mosquitto and the hub's ONNX Runtime backend, and include the local run that decided to hand
+them over.
+
+![latency]({LATENCY_PLOT})
+
+## Accuracy against the share sent to the cloud
+
+Replayed from the recorded answers: at a threshold t, a digit whose edge confidence is under t
+takes the cloud model's answer. At the run's threshold the replay reproduces the agent's
+routing and answer for {summary.replay_agrees} of {summary.requests} digits.
+
+{replay}
+
+![accuracy against cloud share]({ACCURACY_PLOT})
+
+Every figure here is computed from `{ANSWERS}` (one row per digit: the label, where the hybrid
+answer came from and why, and each pass's prediction, confidence and latency);
+`{SUMMARY}` holds the same numbers for programs.
+"""
+
+
+def write(report_dir: Path, summary: Summary, recording: Recording, info: RunInfo) -> list[Path]:
+    from . import plots
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    recording.write_csv(report_dir / ANSWERS)
+    (report_dir / SUMMARY).write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+    plots.latency(recording, summary, report_dir / LATENCY_PLOT)
+    plots.accuracy_vs_cloud_share(summary, report_dir / ACCURACY_PLOT)
+    (report_dir / REPORT).write_text(markdown(summary, info))
+    return [report_dir / name for name in (REPORT, SUMMARY, ANSWERS, LATENCY_PLOT, ACCURACY_PLOT)]

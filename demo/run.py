@@ -1,0 +1,134 @@
+"""The whole run, one progress line per step; every process started is stopped on the way out,
+whether the run succeeds, fails or is interrupted."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.client import EdgeClient
+
+from . import analysis, artifacts, report, services
+from .analysis import Summary
+from .errors import DemoError
+from .options import CLOUD_PROFILE, EDGE_PROFILE, DemoOptions
+from .processes import Supervisor
+from .progress import Progress
+from .quantum import missing_reason
+from .stream import Recording, stream
+
+STEPS = 11
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoResult:
+    summary: Summary
+    files: list[Path]
+    elapsed_s: float
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def check_requirements() -> None:
+    """What the run needs beyond the project's own extras, checked before any work is done."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise DemoError(
+            "matplotlib is not installed (the report's plots need it): "
+            f"{sys.executable} -m pip install 'matplotlib>=3.8', or run `make demo`"
+        )
+    if services.find_mosquitto() is None:
+        raise DemoError(services.NO_MOSQUITTO)
+
+
+def run(options: DemoOptions, progress: Progress | None = None) -> DemoResult:
+    check_requirements()
+    progress = progress or Progress(STEPS)
+    work = options.work_dir or Path(tempfile.mkdtemp(prefix="hybrid-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor(work / "logs", stop_timeout_s=options.stop_timeout_s)
+    outcome = "failed"
+    try:
+        result = _run(options, progress, work, supervisor)
+        outcome = "succeeded"
+        return result
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        running = len(supervisor.children)
+        if running:
+            progress.line(f"stopping {running} process(es)")
+        raise
+    finally:
+        supervisor.stop_all()
+        if options.work_dir is None and outcome != "failed":
+            shutil.rmtree(work, ignore_errors=True)
+        elif outcome == "failed":
+            progress.line(f"the processes' logs are kept in {work / 'logs'}")
+
+
+def _run(options: DemoOptions, progress: Progress, work: Path, sup: Supervisor) -> DemoResult:
+    with progress.step("training a small edge model and a larger cloud model on the digits"):
+        models_dir, cached = artifacts.ensure_trained(options.cache_dir, sup)
+        progress.note = "cached" if cached else f"saved in {models_dir}"
+    with progress.step(f"model-convert: edge to {EDGE_PROFILE}, cloud to {CLOUD_PROFILE}"):
+        artifacts_dir, cached = artifacts.ensure_converted(options.cache_dir, models_dir, sup)
+        models = artifacts.load(models_dir, artifacts_dir)
+        sizes = (
+            f"{models.edge.manifest.size_bytes / 1024:.0f} KiB .tflite, "
+            f"{models.cloud.manifest.size_bytes / 1024:.0f} KiB .onnx"
+        )
+        progress.note = f"cached, {sizes}" if cached else sizes
+    limit = options.limit or len(models.y_test)
+    x, labels = models.x_test[:limit], [int(v) for v in models.y_test[:limit]]
+
+    with progress.step("starting Mosquitto"):
+        broker = services.start_broker(sup, work, options.start_timeout_s)
+        progress.note = broker
+    with progress.step("starting cloud-hub serve with its MQTT bridge"):
+        repository = services.write_repository(work / "repository", models)
+        hub = services.start_hub(sup, work, repository, broker, options.start_timeout_s)
+        progress.note = f"http://{hub}, model {services.HUB_MODEL}"
+    with progress.step(f"starting edge-agent run (on_low_confidence < {options.threshold:g})"):
+        agent = services.start_agent(
+            sup, work, models, broker, options.threshold, options.start_timeout_s
+        )
+        progress.note = f"http://{agent}"
+
+    with EdgeClient(agent) as client:
+        with progress.step(f"streaming {limit} digits through the agent"):
+            hybrid = stream(client, services.HYBRID_MODEL, x, "hybrid")
+            at_cloud = hybrid.served_by.count("cloud")
+            progress.note = f"{limit - at_cloud} answered at the edge, {at_cloud} in the cloud"
+        with progress.step("the same digits on the edge model alone"):
+            edge = stream(client, services.EDGE_ONLY_MODEL, x, "edge")
+        with progress.step("the same digits on the cloud model alone, through the hub"):
+            cloud = stream(client, services.CLOUD_ONLY_MODEL, x, "cloud")
+    recording = Recording(labels=labels, hybrid=hybrid, edge=edge, cloud=cloud)
+
+    quantum = missing_reason()
+    quantum_line = f"not there yet ({quantum})" if quantum else "available, not called yet"
+    progress.skip("quantum classifier through the hub", quantum_line)
+
+    with progress.step("stopping the agent, the hub and the broker"):
+        killed = sup.stop_all()
+        progress.note = (
+            f"killed after {options.stop_timeout_s:g} s: {', '.join(killed)}"
+            if (killed)
+            else "all stopped cleanly"
+        )
+    with progress.step(f"writing the report to {options.report_dir}/"):
+        summary = analysis.summarize(recording, options.threshold)
+        info = report.RunInfo(models=models, quantum=quantum_line, machine=machine())
+        files = report.write(options.report_dir, summary, recording, info)
+    progress.line("")
+    progress.line(report.summary_text(summary))
+    progress.line("")
+    progress.line(f"report: {options.report_dir / report.REPORT} ({progress.elapsed_s:.0f} s)")
+    return DemoResult(summary=summary, files=files, elapsed_s=progress.elapsed_s)

@@ -1,0 +1,228 @@
+"""The three servers of the demo, each on a free loopback port, started and waited for:
+Mosquitto, ``cloud-hub serve`` with its MQTT bridge, and ``edge-agent run`` with a cloud link.
+
+The agent serves three names, so one run yields everything the report needs:
+
+- ``digits``: the edge model, ``on_low_confidence`` fallback to the hub's ``digits-cloud``;
+- ``digits-edge-only``: the same file, never handed over (the edge-only baseline);
+- ``digits-cloud-only``: a remote model, always answered by ``digits-cloud`` (the cloud baseline).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edge_agent.client import EdgeClient
+
+from .artifacts import DemoModels
+from .errors import DemoError
+from .processes import Child, Supervisor, executable
+
+HYBRID_MODEL = "digits"
+EDGE_ONLY_MODEL = "digits-edge-only"
+CLOUD_ONLY_MODEL = "digits-cloud-only"
+HUB_MODEL = "digits-cloud"
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "output_0"
+DEVICE_ID = "demo-device"
+DEVICE_CLASS = "rpi4"
+LABELS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+NO_MOSQUITTO = (
+    "Mosquitto is not installed, and the hub and the agent talk through an MQTT 5 broker: "
+    "install it with `sudo apt-get install mosquitto` (or your system's package), then run "
+    "`make demo` again"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_mosquitto() -> str | None:
+    found = shutil.which("mosquitto")
+    return found or next((p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None)
+
+
+def _failed(child: Child, message: str) -> DemoError:
+    return DemoError(f"{message}; the end of its log ({child.log}):\n{child.tail()}")
+
+
+def _wait(child: Child, what: str, ready: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if child.process.poll() is not None:
+            raise _failed(child, f"{what} exited with {child.process.returncode}")
+        try:
+            if ready():
+                return
+        except DemoError:
+            raise
+        except Exception:  # not listening yet: connection refused, 503, the client's errors
+            pass
+        if time.monotonic() > deadline:
+            raise _failed(child, f"{what} was not ready after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+def start_broker(supervisor: Supervisor, work: Path, timeout_s: float) -> str:
+    binary = find_mosquitto()
+    if binary is None:
+        raise DemoError(NO_MOSQUITTO)
+    port = free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "persistence false\n"
+        "set_tcp_nodelay true\n"
+        "log_dest stderr\n"
+        "log_type error\n"
+        "log_type warning\n"
+    )
+    child = supervisor.start("mosquitto", [binary, "-c", str(conf)])
+
+    def listening() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+
+    _wait(child, "mosquitto", listening, timeout_s)
+    return f"127.0.0.1:{port}"
+
+
+def write_repository(root: Path, models: DemoModels) -> Path:
+    """A one-model repository in Triton's layout: the cloud ONNX artifact as ``digits-cloud``."""
+    folder = root / HUB_MODEL
+    (folder / "1").mkdir(parents=True)
+    shutil.copyfile(models.cloud.path, folder / "1" / "model.onnx")
+    config = {
+        "backend": "onnxruntime",
+        "max_batch_size": 32,
+        "labels": list(LABELS),
+        "intra_op_threads": 1,
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return root
+
+
+def _metric(url: str, series: str) -> float | None:
+    with urllib.request.urlopen(f"http://{url}/metrics", timeout=2) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def start_hub(
+    supervisor: Supervisor, work: Path, repository: Path, broker: str, timeout_s: float
+) -> str:
+    port = free_port()
+    url = f"127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_HUB_")}
+    env.update(HYBRID_HUB_GRACEFUL_SHUTDOWN_S="5", PYTHONUNBUFFERED="1")
+    child = supervisor.start(
+        "cloud-hub",
+        [
+            executable("cloud-hub"),
+            "serve",
+            "--model-repository",
+            str(repository),
+            "--port",
+            str(port),
+            "--mqtt-broker",
+            broker,
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=2) as reply:
+            if reply.status != 200:
+                return False
+        return _metric(url, "hub_mqtt_connected") == 1.0
+
+    _wait(child, "cloud-hub", ready, timeout_s)
+    return url
+
+
+def agent_config(work: Path, models: DemoModels, broker: str, threshold: float) -> dict[str, Any]:
+    labels = work / "labels.txt"
+    labels.write_text("\n".join(LABELS) + "\n")
+    edge = str(models.edge.path)
+    return {
+        "device_id": DEVICE_ID,
+        "device_class": DEVICE_CLASS,
+        "data_dir": str(work / "agent-data"),
+        "api_address": f"127.0.0.1:{free_port()}",
+        "metrics_address": "off",
+        "probe_models": False,  # model-convert has just loaded and validated the file
+        "drain_timeout_s": 5,
+        "log_level": "WARNING",
+        "models": [
+            {
+                "name": HYBRID_MODEL,
+                "path": edge,
+                "labels": str(labels),
+                "fallback": {
+                    "policy": "on_low_confidence",
+                    "cloud_model": HUB_MODEL,
+                    "confidence": "max_probability",
+                    "threshold": threshold,
+                    "on_cloud_unavailable": "local",
+                },
+            },
+            {"name": EDGE_ONLY_MODEL, "path": edge, "labels": str(labels)},
+        ],
+        "cloud": {
+            "broker": broker,
+            "telemetry_interval_s": 0,
+            "remote_models": [{"name": CLOUD_ONLY_MODEL, "cloud_model": HUB_MODEL}],
+        },
+    }
+
+
+def start_agent(
+    supervisor: Supervisor,
+    work: Path,
+    models: DemoModels,
+    broker: str,
+    threshold: float,
+    timeout_s: float,
+) -> str:
+    config = agent_config(work, models, broker, threshold)
+    path = work / "agent.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_AGENT_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    child = supervisor.start(
+        "edge-agent", [executable("edge-agent"), "run", "--config", str(path)], env=env
+    )
+    address = str(config["api_address"])
+    client = EdgeClient(address, timeout_s=2)
+
+    def ready() -> bool:
+        detail = client.status()["detail"]
+        states = {name: m["state"] for name, m in detail["models"].items()}
+        failed = [name for name, state in states.items() if state == "failed"]
+        if failed:
+            raise DemoError(f"the agent could not load {', '.join(failed)}")
+        cloud = detail.get("cloud") or {}
+        return "loading" not in states.values() and bool(cloud.get("connected"))
+
+    try:
+        _wait(child, "edge-agent", ready, timeout_s)
+    finally:
+        client.close()
+    return address
