@@ -1,9 +1,10 @@
 """Train the demo's two digits classifiers: ``python -m demo.train OUT_DIR``.
 
 Writes ``edge.keras`` (a 64-16-10 perceptron, 1.2k parameters), ``cloud.keras`` (two
-convolutions and a dense layer, 94k parameters) and ``digits.npz`` (``x_test``, ``y_test``: the
-397 held-out digits as float32 in [0, 1], and their labels). Input ``pixels`` FP32 [-1, 64],
-output softmax probabilities over the ten digits. Seeded, so a rebuild gives the same split.
+convolutions and a dense layer, 94k parameters) and ``digits.npz``: ``x_train``/``y_train``
+(1,400 digits) and ``x_test``/``y_test`` (the 397 held out), pixels as float32 in [0, 1].
+Input ``pixels`` FP32 [-1, 64], output softmax probabilities over the ten digits. Seeded, so a
+rebuild gives the same split.
 Run as its own process because it imports TensorFlow, which the rest of the demo does not need.
 """
 
@@ -89,7 +90,7 @@ def train(out_dir: Path) -> dict[str, Any]:
             "epochs": epochs,
             "keras_test_accuracy": float(accuracy),
         }
-    np.savez(out_dir / "digits.npz", x_test=x_test, y_test=y_test)
+    np.savez(out_dir / "digits.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
