@@ -1,5 +1,5 @@
 """``python -m demo``: the main job end to end (``make demo``). Exit status 0 on success, 1 when
-a step fails (the message says why and what to do), 130 when interrupted."""
+a step fails (the message says why and what to do), 130 after Ctrl-C and 143 after SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ from .options import DEFAULT_CACHE, DEFAULT_REPORT, DEFAULT_THRESHOLD, DemoOptio
 from .processes import ChildError
 from .run import run
 
+_received: list[int] = []
+
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM stops the run the way Ctrl-C does: every child is stopped first."""
+    _received.append(signum)
     raise KeyboardInterrupt
 
 
@@ -33,8 +37,15 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_THRESHOLD,
         help="edge confidence under which a digit goes to the cloud (default %(default)s)",
     )
-    parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT)
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument(
+        "--report-dir", type=Path, default=DEFAULT_REPORT, help="default %(default)s/"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help="trained and converted models (default .cache/demo/ in the clone)",
+    )
     parser.add_argument(
         "--work-dir", type=Path, help="keep the processes' files and logs here (default: temporary)"
     )
@@ -54,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         run(options)
     except KeyboardInterrupt:
         print("demo: interrupted; every process it started has stopped", file=sys.stderr)
-        return 130
+        return 128 + (_received[0] if _received else signal.SIGINT)
     except ChildError as exc:
-        print(f"demo: {exc}; the end of its log:\n{exc.child.tail()}", file=sys.stderr)
+        tail = exc.child.tail() or "(empty)"
+        print(f"demo: {exc}; the end of its log ({exc.child.log}):\n{tail}", file=sys.stderr)
         return 1
     except DemoError as exc:
         print(f"demo: {exc}", file=sys.stderr)

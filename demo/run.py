@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.client import EdgeClient
+from edge_agent.errors import ClientError
 
 from . import analysis, artifacts, report, services
 from .analysis import Summary
@@ -85,7 +86,7 @@ def _run(options: DemoOptions, progress: Progress, work: Path, sup: Supervisor) 
             f"{models.cloud.manifest.size_bytes / 1024:.0f} KiB .onnx"
         )
         progress.note = f"cached, {sizes}" if cached else sizes
-    limit = options.limit or len(models.y_test)
+    limit = min(options.limit or len(models.y_test), len(models.y_test))
     x, labels = models.x_test[:limit], [int(v) for v in models.y_test[:limit]]
 
     with progress.step("starting Mosquitto"):
@@ -101,15 +102,18 @@ def _run(options: DemoOptions, progress: Progress, work: Path, sup: Supervisor) 
         )
         progress.note = f"http://{agent}"
 
-    with EdgeClient(agent) as client:
-        with progress.step(f"streaming {limit} digits through the agent"):
-            hybrid = stream(client, services.HYBRID_MODEL, x, "hybrid")
-            at_cloud = hybrid.served_by.count("cloud")
-            progress.note = f"{limit - at_cloud} answered at the edge, {at_cloud} in the cloud"
-        with progress.step("the same digits on the edge model alone"):
-            edge = stream(client, services.EDGE_ONLY_MODEL, x, "edge")
-        with progress.step("the same digits on the cloud model alone, through the hub"):
-            cloud = stream(client, services.CLOUD_ONLY_MODEL, x, "cloud")
+    try:
+        with EdgeClient(agent) as client:
+            with progress.step(f"streaming {limit} digits through the agent"):
+                hybrid = stream(client, services.HYBRID_MODEL, x, "hybrid")
+                at_cloud = hybrid.served_by.count("cloud")
+                progress.note = f"{limit - at_cloud} answered at the edge, {at_cloud} in the cloud"
+            with progress.step("the same digits on the edge model alone"):
+                edge = stream(client, services.EDGE_ONLY_MODEL, x, "edge")
+            with progress.step("the same digits on the cloud model alone, through the hub"):
+                cloud = stream(client, services.CLOUD_ONLY_MODEL, x, "cloud")
+    except ClientError as exc:
+        raise DemoError(f"the agent did not answer a digit: {exc}") from exc
     recording = Recording(labels=labels, hybrid=hybrid, edge=edge, cloud=cloud)
 
     quantum = missing_reason()
@@ -118,11 +122,9 @@ def _run(options: DemoOptions, progress: Progress, work: Path, sup: Supervisor) 
 
     with progress.step("stopping the agent, the hub and the broker"):
         killed = sup.stop_all()
-        progress.note = (
-            f"killed after {options.stop_timeout_s:g} s: {', '.join(killed)}"
-            if (killed)
-            else "all stopped cleanly"
-        )
+        progress.note = "all stopped cleanly"
+        if killed:
+            progress.note = f"killed after {options.stop_timeout_s:g} s: {', '.join(killed)}"
     with progress.step(f"writing the report to {options.report_dir}/"):
         summary = analysis.summarize(recording, options.threshold)
         info = report.RunInfo(models=models, quantum=quantum_line, machine=machine())

@@ -55,7 +55,10 @@ def find_mosquitto() -> str | None:
 
 
 def _failed(child: Child, message: str) -> DemoError:
-    return DemoError(f"{message}; the end of its log ({child.log}):\n{child.tail()}")
+    tail = child.tail()
+    if not tail:
+        return DemoError(f"{message}, and its log ({child.log}) is empty")
+    return DemoError(f"{message}; the end of its log ({child.log}):\n{tail}")
 
 
 def _wait(child: Child, what: str, ready: Any, timeout_s: float) -> None:
@@ -215,9 +218,13 @@ def start_agent(
     def ready() -> bool:
         detail = client.status()["detail"]
         states = {name: m["state"] for name, m in detail["models"].items()}
-        failed = [name for name, state in states.items() if state == "failed"]
+        failed = [
+            f"{name} ({m.get('error') or 'no reason given'})"
+            for name, m in detail["models"].items()
+            if m["state"] == "failed"
+        ]
         if failed:
-            raise DemoError(f"the agent could not load {', '.join(failed)}")
+            raise DemoError(f"the agent could not load {'; '.join(failed)}")
         cloud = detail.get("cloud") or {}
         return "loading" not in states.values() and bool(cloud.get("connected"))
 
