@@ -51,9 +51,10 @@ class Summary:
     requests: int
     edge_answers: int
     cloud_answers: int
-    reasons: dict[str, int]
-    """``fallback_reason`` counts over the hybrid pass (``cloud_unavailable``: degraded)."""
+    cloud_reasons: dict[str, int]
+    """``fallback_reason`` of the answers from the cloud, counted."""
     degraded: int
+    """Answers from the edge although the cloud was wanted (it was out of reach)."""
     accuracy_edge_only: float
     accuracy_cloud_only: float
     accuracy_hybrid: float
@@ -95,7 +96,7 @@ class Summary:
             "cloud_answers": self.cloud_answers,
             "edge_share": self.edge_share,
             "cloud_share": self.cloud_share,
-            "reasons": dict(self.reasons),
+            "cloud_reasons": dict(self.cloud_reasons),
             "degraded": self.degraded,
             "accuracy": {
                 "edge_only": self.accuracy_edge_only,
@@ -137,7 +138,7 @@ def summarize(recording: Recording, threshold: float) -> Summary:
     hybrid = recording.hybrid
     served_cloud = np.asarray([s == "cloud" for s in hybrid.served_by])
     latencies = np.asarray(hybrid.latencies_s)
-    reasons = Counter(r for r in hybrid.reasons if r)
+    reasons = Counter(r for r, at in zip(hybrid.reasons, served_cloud, strict=True) if at)
 
     to_cloud, _ = replay(recording, threshold)
     expected = np.where(
@@ -153,7 +154,7 @@ def summarize(recording: Recording, threshold: float) -> Summary:
         requests=len(labels),
         edge_answers=int(np.sum(~served_cloud)),
         cloud_answers=int(np.sum(served_cloud)),
-        reasons=dict(sorted(reasons.items())),
+        cloud_reasons=dict(sorted(reasons.items())),
         degraded=int(sum(hybrid.degraded)),
         accuracy_edge_only=_accuracy(np.asarray(recording.edge.predictions), labels),
         accuracy_cloud_only=_accuracy(np.asarray(recording.cloud.predictions), labels),

@@ -41,11 +41,6 @@ class Artifact:
     path: Path
     manifest: ArtifactManifest
 
-    @property
-    def top1_agreement(self) -> float | None:
-        outputs = self.manifest.validation.outputs
-        return outputs[0].top1_agreement if outputs else None
-
 
 @dataclass(frozen=True, kw_only=True)
 class DemoModels:

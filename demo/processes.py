@@ -3,7 +3,7 @@
 Each child runs in its own session, so a Ctrl-C in the terminal reaches only the demo, which
 then stops the children itself, newest first: SIGTERM, a wait, SIGKILL after the timeout. On
 Linux each child also gets SIGKILL from the kernel should the demo die without cleaning up
-(``PR_SET_PDEATHSIG``).
+(``PR_SET_PDEATHSIG``; a Mosquitto started as root drops to its own user, which clears it).
 """
 
 from __future__ import annotations
@@ -165,7 +165,5 @@ def executable(name: str) -> str:
     """A console script of this project, beside the running interpreter."""
     path = Path(sys.executable).with_name(name)
     if not os.access(path, os.X_OK):
-        raise FileNotFoundError(
-            f"{path} is missing: install the project first (`make demo` does it)"
-        )
+        raise DemoError(f"{path} is missing: install the project first (`make demo` does it)")
     return str(path)

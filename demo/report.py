@@ -37,8 +37,12 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _reasons(summary: Summary) -> str:
-    return ", ".join(f"{name} {count}" for name, count in summary.reasons.items()) or "none"
+def _cloud_reasons(summary: Summary) -> str:
+    return ", ".join(f"{name} {count}" for name, count in summary.cloud_reasons.items())
+
+
+def _edge_reasons(summary: Summary) -> str:
+    return f"degraded {summary.degraded} (cloud unavailable)" if summary.degraded else ""
 
 
 def _table(rows: list[list[str]], *, right: set[int]) -> list[str]:
@@ -58,12 +62,17 @@ def summary_text(summary: Summary) -> str:
     served = _table(
         [
             ["", "requests", "share", "reasons"],
-            ["answered at the edge", str(summary.edge_answers), _pct(summary.edge_share), ""],
+            [
+                "answered at the edge",
+                str(summary.edge_answers),
+                _pct(summary.edge_share),
+                _edge_reasons(summary),
+            ],
             [
                 "answered in the cloud",
                 str(summary.cloud_answers),
                 _pct(summary.cloud_share),
-                _reasons(summary),
+                _cloud_reasons(summary),
             ],
             ["total", str(summary.requests), "100.0%", ""],
         ],
@@ -115,12 +124,17 @@ def markdown(summary: Summary, info: RunInfo) -> str:
     served = _md_table(
         ["answered", "requests", "share", "reasons"],
         [
-            ["at the edge", str(summary.edge_answers), _pct(summary.edge_share), ""],
+            [
+                "at the edge",
+                str(summary.edge_answers),
+                _pct(summary.edge_share),
+                _edge_reasons(summary),
+            ],
             [
                 "in the cloud",
                 str(summary.cloud_answers),
                 _pct(summary.cloud_share),
-                _reasons(summary),
+                _cloud_reasons(summary),
             ],
             ["total", str(summary.requests), "100.0%", ""],
         ],

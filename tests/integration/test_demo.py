@@ -157,7 +157,8 @@ def test_a_short_stream_writes_a_report_computed_from_its_answers(
     assert summary["requests"] == STREAM
     assert (summary["edge_answers"], summary["cloud_answers"]) == (len(at_edge), len(at_cloud))
     assert summary["edge_share"] + summary["cloud_share"] == pytest.approx(1.0)
-    assert summary["reasons"] == ({"low_confidence": len(at_cloud)} if at_cloud else {})
+    assert summary["cloud_reasons"] == ({"low_confidence": len(at_cloud)} if at_cloud else {})
+    assert summary["degraded"] == 0
     assert summary["replay_agrees"] == STREAM
     for key, column in (
         ("edge_only", "edge_prediction"),
