@@ -41,12 +41,10 @@ test-all: venv
 	$(PY) scripts/run_pytest.py $(PYTEST_ARGS)
 
 bench: venv
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 # Trains and converts the models once (cached in .cache/demo), then broker, hub, agent, report.
-# The report's plots need matplotlib, installed here when the extras did not bring it.
 demo: venv
-	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet 'matplotlib>=3.8'
 	$(PY) -m demo $(DEMO_ARGS)
 
 clean:

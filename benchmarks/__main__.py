@@ -1,17 +1,21 @@
-"""``python -m benchmarks``: run every benchmark and rewrite RESULTS.md."""
+"""``python -m benchmarks [--only NAME ...]``: run the benchmarks and rewrite RESULTS.md."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 
 BENCHMARKS = [
-    "benchmarks.protocol_codec",
-    "benchmarks.edge_overhead",
-    "benchmarks.hub_batching",
-    "benchmarks.converter",
+    "protocol_codec",
+    "edge_overhead",
+    "hub_batching",
+    "fallback",
+    "converter",
 ]
 
 if __name__ == "__main__":
-    for name in BENCHMARKS:
-        print(f"== {name}", flush=True)
-        importlib.import_module(name).run()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run just these")
+    for name in parser.parse_args().only or BENCHMARKS:
+        print(f"== benchmarks.{name}", flush=True)
+        importlib.import_module(f"benchmarks.{name}").run()
