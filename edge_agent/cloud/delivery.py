@@ -1,6 +1,6 @@
 """Delivery: one thread that empties the outbox into the cloud link and records what comes back.
 
-Each pass: record the answers that arrived (for requests it sent, and late answers the link could
+Each pass: publish the retained status if asked to, record the answers that arrived (for requests it sent, and late answers the link could
 not match: the outbox keeps those it queued, in one transaction per pass), drop what expired,
 then, while connected, publish waiting telemetry and send due requests as far as the circuit
 breaker and the link's free slots allow. While the breaker is open nothing is sent; once it is
@@ -17,6 +17,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
 
 from ..errors import CloudUnavailableError
 from ..metrics import AgentMetrics
@@ -44,6 +46,7 @@ class Delivery:
         breaker: CircuitBreaker,
         metrics: AgentMetrics,
         telemetry_topic: str,
+        status: Callable[[], bytes],
         max_in_flight: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -52,6 +55,8 @@ class Delivery:
         self._breaker = breaker
         self._metrics = metrics
         self._telemetry_topic = telemetry_topic
+        self._status = status
+        self._status_wanted = False
         self._max_in_flight = max_in_flight
         self._clock = clock
         self._events: queue.SimpleQueue[tuple[str, str, bytes | None]] = queue.SimpleQueue()
@@ -59,7 +64,7 @@ class Delivery:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._sending: set[str] = set()
-        self._telemetry_sent: dict[int, tuple[int, float]] = {}  # mid -> (seq, sent at)
+        self._telemetry_sent: dict[int, tuple[mqtt.MQTTMessageInfo, float]] = {}  # by seq
         self._next_purge = 0.0
 
     def start(self) -> None:
@@ -76,15 +81,17 @@ class Delivery:
     def wake(self) -> None:
         self._wake.set()
 
+    def publish_status(self) -> None:
+        """Publish the retained status on the next pass, as it is then. Only this thread
+        publishes it, so the last status published is always the newest."""
+        self._status_wanted = True
+        self._wake.set()
+
     # -- from other threads ------------------------------------------------------------------
 
     def on_unmatched(self, request_id: str, payload: bytes) -> None:
         """An answer the link could not match: the outbox keeps it if it queued the request."""
         self._events.put(("answer", request_id, payload))
-        self._wake.set()
-
-    def on_published(self, mid: int) -> None:
-        self._events.put(("puback", str(mid), None))
         self._wake.set()
 
     def _on_result(self, request_id: str) -> Callable[[CloudAnswer | None], None]:
@@ -118,27 +125,25 @@ class Delivery:
             self._outbox.purge()
             self._next_purge = now + PURGE_INTERVAL_S
         if self._link.connected:
+            self._send_status()
             self._send_telemetry(now)
             self._send_requests()
         depth = self._outbox.depth()
         self._metrics.outbox_depth.labels(kind="request").set(depth.requests)
         self._metrics.outbox_depth.labels(kind="answer").set(depth.answers)
         self._metrics.outbox_depth.labels(kind="telemetry").set(depth.telemetry)
-        return bool(depth.requests or depth.telemetry or self._sending)
+        return bool(depth.requests or depth.telemetry or self._sending or self._telemetry_sent)
 
     def _record_events(self) -> None:
         answers: list[tuple[str, bytes]] = []
-        acked: list[int] = []
+        acked = [seq for seq, (info, _) in self._telemetry_sent.items() if info.is_published()]
+        for seq in acked:
+            del self._telemetry_sent[seq]
         while True:
             try:
                 kind, key, payload = self._events.get(block=False)
             except queue.Empty:
                 break
-            if kind == "puback":
-                sent = self._telemetry_sent.pop(int(key), None)
-                if sent is not None:
-                    acked.append(sent[0])
-                continue
             if kind in ("sent-answer", "timeout"):
                 self._sending.discard(key)
                 if kind == "timeout":
@@ -160,20 +165,26 @@ class Delivery:
             else:
                 self._metrics.cloud_answers_dropped.labels(reason=outcome.value).inc()
 
+    def _send_status(self) -> None:
+        if not self._status_wanted:
+            return
+        self._status_wanted = False
+        if self._link.publish(self._link.status_topic, self._status(), retain=True) is None:
+            self._status_wanted = True  # not connected after all: on the next pass
+
     def _send_telemetry(self, now: float) -> None:
         stale = [
-            mid
-            for mid, (_, at) in self._telemetry_sent.items()
+            seq
+            for seq, (_, at) in self._telemetry_sent.items()
             if now - at > TELEMETRY_ACK_TIMEOUT_S
         ]
-        for mid in stale:
-            del self._telemetry_sent[mid]
-        in_flight = {seq for seq, _ in self._telemetry_sent.values()}
-        for seq, payload in self._outbox.telemetry(limit=BATCH_MAX, exclude=in_flight):
-            sent = self._link.publish(self._telemetry_topic, payload, track=True)
-            if sent is None:
+        for seq in stale:  # never acknowledged: send it again
+            del self._telemetry_sent[seq]
+        for seq, payload in self._outbox.telemetry(limit=BATCH_MAX, exclude=self._telemetry_sent):
+            info = self._link.publish(self._telemetry_topic, payload)
+            if info is None:
                 return
-            self._telemetry_sent[sent] = (seq, now)
+            self._telemetry_sent[seq] = (info, now)
 
     def _send_requests(self) -> None:
         while not self._stopping:

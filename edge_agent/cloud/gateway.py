@@ -115,7 +115,6 @@ class CloudGateway:
             will_payload=will.encode("utf-8"),
             on_connect=self._connected,
             on_unmatched=self._unmatched,
-            on_published=self._published,
             clock=self._clock,
         )
         self._delivery = Delivery(
@@ -124,6 +123,7 @@ class CloudGateway:
             breaker=self.breaker,
             metrics=self._metrics,
             telemetry_topic=telemetry_topic(self._device_id),
+            status=lambda: self._status(DeviceState.ONLINE),
             max_in_flight=self.config.max_in_flight,
             clock=self._clock,
         )
@@ -158,9 +158,8 @@ class CloudGateway:
 
     def publish_status(self) -> None:
         """Publish the retained ``online`` status again (for example once models are loaded)."""
-        link = self.link
-        if link is not None and link.connected:
-            link.publish(link.status_topic, self._status(DeviceState.ONLINE), retain=True)
+        if self._delivery is not None:
+            self._delivery.publish_status()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -278,21 +277,14 @@ class CloudGateway:
         )
 
     def _connected(self) -> None:
-        link = self.link
-        if link is not None:
-            link.publish(link.status_topic, self._status(DeviceState.ONLINE), retain=True)
         if self._delivery is not None:
-            self._delivery.wake()
+            self._delivery.publish_status()
 
     def _unmatched(self, request_id: str, payload: bytes) -> None:
         if self._delivery is not None:
             self._delivery.on_unmatched(request_id, payload)
         else:
             self._metrics.cloud_answers_dropped.labels(reason="unknown").inc()
-
-    def _published(self, mid: int) -> None:
-        if self._delivery is not None:
-            self._delivery.on_published(mid)
 
     def _breaker_changed(self, state: BreakerState) -> None:
         self._metrics.cloud_breaker_state.set(state.gauge)

@@ -16,7 +16,9 @@
 - At most ``max_in_flight`` requests await answers at once.
 
 Callbacks run on paho's network thread or the link's timer thread: they must be quick and must
-not block on the link.
+not block on the link. No lock of the link is held while calling paho, and none is taken in a
+callback that paho makes under its own locks (``on_publish`` runs under paho's outgoing-message
+lock), so the two cannot wait on each other.
 """
 
 from __future__ import annotations
@@ -158,7 +160,6 @@ class CloudLink:
         will_payload: bytes,
         on_connect: Callable[[], None],
         on_unmatched: Callable[[str, bytes], None],
-        on_published: Callable[[int], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
@@ -166,13 +167,10 @@ class CloudLink:
         self._clock = clock
         self._on_connect_cb = on_connect
         self._on_unmatched = on_unmatched
-        self._on_published = on_published
         self.request_topic = infer_request_topic(device_id)
         self.response_topic = infer_response_topic(device_id)
         self.status_topic = status_topic(device_id)
         self._response_topic_bytes = self.response_topic.encode("utf-8")
-        self._tracked: set[int] = set()
-        self._tracked_lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._timeline: list[tuple[float, int, str]] = []
         self._sequence = itertools.count()
@@ -293,19 +291,16 @@ class CloudLink:
         self._send(request_id, entry, now)
 
     def publish(
-        self, topic: str, payload: bytes, *, retain: bool = False, track: bool = False
-    ) -> int | None:
-        """Publish at QoS 1; the message id, or ``None`` when not connected. With ``track``, the
-        broker's acknowledgement of it comes to ``on_published``."""
+        self, topic: str, payload: bytes, *, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo | None:
+        """Publish at QoS 1; ``None`` when not connected. ``is_published()`` on the result turns
+        true once the broker acknowledged it."""
         if not self._connected.is_set():
             return None
-        with self._tracked_lock:
-            info = self._client.publish(topic, payload, qos=1, retain=retain)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                return None
-            if track:
-                self._tracked.add(int(info.mid))
-        return int(info.mid)
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return None
+        return info
 
     # -- sending and the timer ---------------------------------------------------------------
 
@@ -399,7 +394,6 @@ class CloudLink:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_publish = self._on_publish
         return client
 
     def _on_connect(
@@ -447,18 +441,6 @@ class CloudLink:
             self._metrics.cloud_disconnects.inc()
             if not self._closing:
                 logger.warning("cloud link lost the broker (%s); reconnecting", reason)
-
-    def _on_publish(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
-    ) -> None:
-        with self._tracked_lock:
-            if mid not in self._tracked:
-                return
-            self._tracked.discard(mid)
-        try:
-            self._on_published(mid)
-        except Exception:
-            logger.exception("the cloud link's publish callback failed")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic != self.response_topic:
