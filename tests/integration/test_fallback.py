@@ -157,26 +157,27 @@ def test_status_is_retained_with_a_last_will_and_telemetry_arrives(
         client.infer("digits", {DIGITS_INPUT: np.zeros((1, 64), np.float32)})
     watcher = Watcher(broker, status_topic(DEVICE), telemetry_topic(DEVICE))
     try:
-        seen_status: list[DeviceStatus] = []
-        seen_telemetry: list[Telemetry] = []
-        while not (seen_status and seen_telemetry):
+        first = watcher.next()
+        assert (first.topic, first.retain) == (status_topic(DEVICE), True)
+        status = DeviceStatus.model_validate(json.loads(first.payload))
+        telemetry: Telemetry | None = None
+        while status.models != ["digits"] or telemetry is None:  # a newer status may follow
             message = watcher.next()
-            data = json.loads(message.payload)
             if message.topic == status_topic(DEVICE):
-                assert message.retain
-                seen_status.append(DeviceStatus.model_validate(data))
+                status = DeviceStatus.model_validate(json.loads(message.payload))
             else:
-                seen_telemetry.append(Telemetry.model_validate(data))
-        status = seen_status[-1]
-        assert (status.state.value, status.device_class, status.models) == (
-            "online",
-            "pi",
-            ["digits"],
-        )
-        telemetry = seen_telemetry[-1]
+                telemetry = Telemetry.model_validate(json.loads(message.payload))
+        assert (status.state.value, status.device_class) == ("online", "pi")
         assert telemetry.device_id == DEVICE
         assert telemetry.counters["edge_agent_requests_total{model=digits,served_by=edge}"] == 1.0
         assert telemetry.gauges["edge_agent_cloud_connected"] == 1.0
+        late = Watcher(broker, status_topic(DEVICE))  # the retained status is the newest
+        try:
+            kept = late.next()
+            assert kept.retain
+            assert DeviceStatus.model_validate(json.loads(kept.payload)).models == ["digits"]
+        finally:
+            late.close()
         agent.kill()  # no goodbye: the broker publishes the Last Will
         while True:
             message = watcher.next()

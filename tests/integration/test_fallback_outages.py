@@ -70,6 +70,7 @@ def agent(broker: Broker, tmp_path: Path) -> Iterator[AgentProcess]:
                 "reconnect_min_s": 0.05,
                 "reconnect_max_s": 0.5,
                 "breaker": {"failures": 1000},
+                "telemetry_interval_s": 0.05,  # publishes racing the requests' acknowledgements
                 "outbox": {"synchronous": "normal"},
                 "remote_models": [
                     {
@@ -189,6 +190,7 @@ def test_broker_killed_five_times_during_2000_requests_loses_and_doubles_nothing
         stream.check()
     assert trigger.fired == 5
     assert agent.metric("edge_agent_cloud_disconnects_total") >= 5
+    assert agent.metric('edge_agent_outbox_delivered_total{kind="telemetry"}') > 0
     assert agent.metric("edge_agent_cloud_retries_total") > 0
     duplicate = agent.metric('edge_agent_cloud_answers_dropped_total{reason="duplicate"}')
     unknown = agent.metric('edge_agent_cloud_answers_dropped_total{reason="unknown"}')
