@@ -267,5 +267,8 @@ def test_hub_down_local_degrades_error_fails_fast_queue_delivers_after_a_kill(
             np.testing.assert_array_equal(
                 again.outputs[DIGITS_OUTPUT], answer.outputs[DIGITS_OUTPUT]
             )
+        resent = client.infer("m_queue", {DIGITS_INPUT: x[:1]}, request_id="q0")
+        assert resent.parameters["queued"] is True  # the stored answer, not a second run
+        np.testing.assert_allclose(resent.outputs[DIGITS_OUTPUT], cloud_reference[:1], rtol=1e-5)
     assert agent.metric('edge_agent_outbox_delivered_total{kind="request"}') == 20
     assert agent.metric('edge_agent_outbox_depth{kind="answer"}') == 20
