@@ -46,6 +46,7 @@ from protocols import (
     shared_request_subscription,
     wants_binary_output,
 )
+from protocols.codec import BINARY_DATA, BINARY_DATA_OUTPUT, BinaryChoice
 from protocols.errors import TopicError
 
 from .errors import HubError, RequestTimeoutError
@@ -326,9 +327,7 @@ class MqttBridge:
                 model_version=str(loaded.version),
                 id=request.id,
                 parameters={"served_by": SERVED_BY},
-                binary="auto"
-                if framed
-                else {name: wants_binary_output(request, name) for name in result},
+                binary=_binary_choice(request, result, framed=framed),
             )
         except RequestTimeoutError:
             if key is not None and answer is not None:
@@ -359,3 +358,15 @@ class MqttBridge:
             self._client.publish(topic, payload, qos=1, properties=props)
         except ValueError as exc:  # a response topic with wildcards, or an empty one
             logger.warning("cannot answer on %r: %s", topic, exc)
+
+
+def _binary_choice(
+    request: Any, result: dict[str, Any], *, framed: bool
+) -> BinaryChoice | dict[str, bool]:
+    """What the caller asked for; without a request, framed callers get binary where it pays."""
+    asked = bool(request.parameters and BINARY_DATA_OUTPUT in request.parameters) or any(
+        out.parameters and BINARY_DATA in out.parameters for out in request.outputs or ()
+    )
+    if framed and not asked:
+        return "auto"
+    return {name: wants_binary_output(request, name) for name in result}

@@ -333,3 +333,24 @@ def test_two_hubs_share_the_requests(repository: Path, make_broker, tmp_path: Pa
         device.close()
         for h in hubs:
             h.stop()
+
+
+def test_framed_requests_get_the_output_form_they_ask_for(
+    hub: HubProcess, module_broker: Broker
+) -> None:
+    device = Device(module_broker, "cam-form")
+    try:
+        small = x_pair(2)  # 4-element outputs: JSON unless binary is asked for
+        device.send(
+            encode_mqtt_request("add_sub", small, binary=True), ResponseTopic="replies/cam-form/a"
+        )
+        assert device.next().payload.startswith(b"{")
+        device.send(
+            encode_mqtt_request("add_sub", small, binary=True, binary_outputs=True),
+            ResponseTopic="replies/cam-form/b",
+        )
+        framed = device.next().payload
+        assert framed.startswith(b"HIB1")
+        assert decode_mqtt_response(framed).tensors["OUTPUT0"][0, 0] == 4.0  # type: ignore[union-attr]
+    finally:
+        device.close()
