@@ -259,7 +259,7 @@ def split_body(
     body: Buffer, header_length: int | str | None, *, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[memoryview, memoryview]:
     """Split a body into its JSON header and binary section, checking the size limits."""
-    view = memoryview(body).cast("B")
+    view = as_bytes_view(body)
     if view.nbytes > limits.payload_max_bytes:
         raise PayloadTooLargeError(
             f"body is {view.nbytes} bytes; the limit is {limits.payload_max_bytes}"
@@ -273,6 +273,12 @@ def split_body(
             location="header",
         )
     return view[:length], view[length:]
+
+
+def as_bytes_view(data: Buffer) -> memoryview:
+    """A flat unsigned-byte view of ``data`` (no copy)."""
+    view = memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 def validate_message(model: type[_M], raw: Buffer, *, limits: Limits = DEFAULT_LIMITS) -> _M:

@@ -24,6 +24,7 @@ from .codec import (
     DecodedRequest,
     DecodedResponse,
     EncodedBody,
+    as_bytes_view,
     decode_request_parts,
     decode_response_parts,
     encode_request,
@@ -87,7 +88,7 @@ def split_frame(
     payload: Buffer, *, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[memoryview, memoryview]:
     """The JSON header and the binary section of an MQTT payload."""
-    view = memoryview(payload).cast("B")
+    view = as_bytes_view(payload)
     size = view.nbytes
     if size > limits.payload_max_bytes:
         raise PayloadTooLargeError(
