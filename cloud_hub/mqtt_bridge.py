@@ -157,10 +157,12 @@ class MqttBridge:
         self._connected = threading.Event()
         self._closing = False
         client_id = settings.client_id or f"hub-{socket.gethostname()}-{os.getpid()}"
+        self._v5 = settings.protocol == "5"
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            clean_session=None if self._v5 else True,
             manual_ack=True,
         )
         if settings.username is not None:
@@ -186,17 +188,20 @@ class MqttBridge:
     async def start(self) -> None:
         """Connect in the background; the bridge retries until the broker answers."""
         self._loop = asyncio.get_running_loop()
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.ReceiveMaximum = self._settings.max_in_flight
-        properties.SessionExpiryInterval = 0
         host, port = self._settings.host_port()
-        self._client.connect_async(
-            host,
-            port,
-            keepalive=self._settings.keepalive_s,
-            clean_start=True,
-            properties=properties,
-        )
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.ReceiveMaximum = self._settings.max_in_flight
+            properties.SessionExpiryInterval = 0
+            self._client.connect_async(
+                host,
+                port,
+                keepalive=self._settings.keepalive_s,
+                clean_start=True,
+                properties=properties,
+            )
+        else:  # MQTT 3.1.1: no properties; replies go to the default topic, matched by id
+            self._client.connect_async(host, port, keepalive=self._settings.keepalive_s)
         self._client.loop_start()
         logger.info("MQTT bridge connecting to %s:%d", host, port)
 
@@ -348,12 +353,14 @@ class MqttBridge:
     def _publish(
         self, incoming: _Incoming, topic: str, payload: bytes, deadline_s: float | None = None
     ) -> None:
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        if incoming.correlation is not None:
-            props.CorrelationData = incoming.correlation
-        props.ContentType = content_type_of(payload)
-        if deadline_s is not None:
-            props.MessageExpiryInterval = max(1, math.ceil(deadline_s - time.monotonic()))
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if incoming.correlation is not None:
+                props.CorrelationData = incoming.correlation
+            props.ContentType = content_type_of(payload)
+            if deadline_s is not None:
+                props.MessageExpiryInterval = max(1, math.ceil(deadline_s - time.monotonic()))
         try:
             self._client.publish(topic, payload, qos=1, properties=props)
         except ValueError as exc:  # a response topic with wildcards, or an empty one

@@ -124,6 +124,9 @@ class MqttSettings(_Section):
     key_file: Path | None = None
     client_id: str | None = None
     """Defaults to ``hub-<hostname>-<pid>``."""
+    protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT 5, or 3.1.1 for brokers without it (set ``shared: false`` where the broker has no
+    shared subscriptions); 3.1.1 drops Response Topic, Correlation Data, expiry and flow control."""
     shared: bool = True
     """Subscribe through ``$share/<share_group>/...`` so replicas split the requests."""
     share_group: str = "hybrid-hub"

@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--work-dir", type=Path, help="keep the processes' files and logs here (default: temporary)"
     )
+    parser.add_argument(
+        "--broker",
+        choices=["auto", "mosquitto", "amqtt"],
+        default="auto",
+        help="Mosquitto (MQTT 5) when installed, else the pure-Python amqtt (MQTT 3.1.1)",
+    )
     args = parser.parse_args(argv)
     try:
         options = DemoOptions(
@@ -57,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             report_dir=args.report_dir,
             cache_dir=args.cache_dir,
             work_dir=args.work_dir,
+            broker=args.broker,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / ".cache" / "demo"
@@ -29,6 +30,8 @@ class DemoOptions:
     """How long a process may take to stop after SIGTERM before it is killed."""
     start_timeout_s: float = 90.0
     """How long the hub and the agent may take to become ready."""
+    broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
+    """Mosquitto (MQTT 5) when installed, else the embedded amqtt (MQTT 3.1.1); or either one."""
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:

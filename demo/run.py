@@ -45,8 +45,8 @@ def check_requirements() -> None:
             "matplotlib is not installed (the report's plots need it): "
             f"{sys.executable} -m pip install 'matplotlib>=3.8', or run `make demo`"
         )
-    if services.find_mosquitto() is None:
-        raise DemoError(services.NO_MOSQUITTO)
+    if services.find_mosquitto() is None and services.find_amqtt() is None:
+        raise DemoError(services.NO_BROKER)
 
 
 def run(options: DemoOptions, progress: Progress | None = None) -> DemoResult:
@@ -89,9 +89,9 @@ def _run(options: DemoOptions, progress: Progress, work: Path, sup: Supervisor) 
     limit = min(options.limit or len(models.y_test), len(models.y_test))
     x, labels = models.x_test[:limit], [int(v) for v in models.y_test[:limit]]
 
-    with progress.step("starting Mosquitto"):
-        broker = services.start_broker(sup, work, options.start_timeout_s)
-        progress.note = broker
+    with progress.step("starting the MQTT broker"):
+        broker = services.start_broker(sup, work, options.start_timeout_s, options.broker)
+        progress.note = str(broker)
     with progress.step("starting cloud-hub serve with its MQTT bridge"):
         repository = services.write_repository(work / "repository", models)
         hub = services.start_hub(sup, work, repository, broker, options.start_timeout_s)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +38,27 @@ DEVICE_ID = "demo-device"
 DEVICE_CLASS = "rpi4"
 LABELS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-NO_MOSQUITTO = (
-    "Mosquitto is not installed, and the hub and the agent talk through an MQTT 5 broker: "
-    "install it with `sudo apt-get install mosquitto` (or your system's package), then run "
-    "`make demo` again"
+NO_BROKER = (
+    "neither Mosquitto nor amqtt is installed, and the hub and the agent talk through an MQTT "
+    "broker: `sudo apt-get install mosquitto` (or `pip install amqtt`), then run `make demo` again"
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerInfo:
+    """The broker the demo started: Mosquitto (MQTT 5), else amqtt (MQTT 3.1.1 only)."""
+
+    address: str
+    name: str
+    protocol: str
+
+    def __str__(self) -> str:
+        return f"{self.name} on {self.address}, MQTT {self.protocol}"
+
+
+def find_amqtt() -> str | None:
+    beside = Path(sys.executable).with_name("amqtt")
+    return str(beside) if beside.exists() else shutil.which("amqtt")
 
 
 def free_port() -> int:
@@ -78,29 +96,47 @@ def _wait(child: Child, what: str, ready: Any, timeout_s: float) -> None:
         time.sleep(0.1)
 
 
-def start_broker(supervisor: Supervisor, work: Path, timeout_s: float) -> str:
-    binary = find_mosquitto()
-    if binary is None:
-        raise DemoError(NO_MOSQUITTO)
+def start_broker(
+    supervisor: Supervisor, work: Path, timeout_s: float, choice: str = "auto"
+) -> BrokerInfo:
+    """Mosquitto when it is installed, else the pure-Python amqtt (MQTT 3.1.1, no shared
+    subscriptions), which the protocol supports; ``choice`` forces one."""
     port = free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "persistence false\n"
-        "set_tcp_nodelay true\n"
-        "log_dest stderr\n"
-        "log_type error\n"
-        "log_type warning\n"
-    )
-    child = supervisor.start("mosquitto", [binary, "-c", str(conf)])
+    binary = None if choice == "amqtt" else find_mosquitto()
+    if binary is None and choice == "mosquitto":
+        raise DemoError(NO_BROKER)
+    if binary is not None:
+        conf = work / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "set_tcp_nodelay true\n"
+            "log_dest stderr\n"
+            "log_type error\n"
+            "log_type warning\n"
+        )
+        child = supervisor.start("mosquitto", [binary, "-c", str(conf)])
+        info = BrokerInfo(address=f"127.0.0.1:{port}", name="Mosquitto", protocol="5")
+    else:
+        amqtt = find_amqtt()
+        if amqtt is None:
+            raise DemoError(NO_BROKER)
+        conf = work / "amqtt.yaml"
+        conf.write_text(
+            f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
+            "plugins:\n"
+            "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+        )
+        child = supervisor.start("amqtt", [amqtt, "-c", str(conf)])
+        info = BrokerInfo(address=f"127.0.0.1:{port}", name="amqtt", protocol="3.1.1")
 
     def listening() -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
 
-    _wait(child, "mosquitto", listening, timeout_s)
-    return f"127.0.0.1:{port}"
+    _wait(child, info.name, listening, timeout_s)
+    return info
 
 
 def write_repository(root: Path, models: DemoModels) -> Path:
@@ -127,12 +163,14 @@ def _metric(url: str, series: str) -> float | None:
 
 
 def start_hub(
-    supervisor: Supervisor, work: Path, repository: Path, broker: str, timeout_s: float
+    supervisor: Supervisor, work: Path, repository: Path, broker: BrokerInfo, timeout_s: float
 ) -> str:
     port = free_port()
     url = f"127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_HUB_")}
     env.update(HYBRID_HUB_GRACEFUL_SHUTDOWN_S="5", PYTHONUNBUFFERED="1")
+    if broker.protocol != "5":
+        env.update(HYBRID_HUB_MQTT__PROTOCOL=broker.protocol, HYBRID_HUB_MQTT__SHARED="false")
     child = supervisor.start(
         "cloud-hub",
         [
@@ -143,7 +181,7 @@ def start_hub(
             "--port",
             str(port),
             "--mqtt-broker",
-            broker,
+            broker.address,
             "--log-level",
             "warning",
         ],
@@ -160,7 +198,9 @@ def start_hub(
     return url
 
 
-def agent_config(work: Path, models: DemoModels, broker: str, threshold: float) -> dict[str, Any]:
+def agent_config(
+    work: Path, models: DemoModels, broker: BrokerInfo, threshold: float
+) -> dict[str, Any]:
     labels = work / "labels.txt"
     labels.write_text("\n".join(LABELS) + "\n")
     edge = str(models.edge.path)
@@ -189,7 +229,8 @@ def agent_config(work: Path, models: DemoModels, broker: str, threshold: float) 
             {"name": EDGE_ONLY_MODEL, "path": edge, "labels": str(labels)},
         ],
         "cloud": {
-            "broker": broker,
+            "broker": broker.address,
+            "protocol": broker.protocol,
             "telemetry_interval_s": 0,
             "remote_models": [{"name": CLOUD_ONLY_MODEL, "cloud_model": HUB_MODEL}],
         },
@@ -200,7 +241,7 @@ def start_agent(
     supervisor: Supervisor,
     work: Path,
     models: DemoModels,
-    broker: str,
+    broker: BrokerInfo,
     threshold: float,
     timeout_s: float,
 ) -> str:

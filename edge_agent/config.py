@@ -170,6 +170,9 @@ class CloudConfig(BaseModel):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT 5, or 3.1.1 for brokers without it: no Response Topic, Correlation Data or Message
+    Expiry then; answers come on the default reply topic and are matched by request id."""
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     session_expiry_s: int = Field(default=3600, ge=0, le=4_294_967_295)
     """How long the broker keeps this device's session (subscription, answers) while it is away."""

@@ -180,6 +180,7 @@ class CloudLink:
         self._closing = False
         self._timer: threading.Thread | None = None
         self.client_id = config.client_id or f"edge-{device_id}"
+        self._v5 = config.protocol == "5"
         self._client = self._make_client(will_payload)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -187,16 +188,21 @@ class CloudLink:
     def start(self) -> None:
         """Connect in the background; the link keeps trying until the broker answers."""
         address = self._config.address
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self._config.session_expiry_s
-        properties.ReceiveMaximum = min(self._config.max_in_flight, 65535)
-        self._client.connect_async(
-            address.host,
-            address.port,
-            keepalive=self._config.keepalive_s,
-            clean_start=False,
-            properties=properties,
-        )
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = self._config.session_expiry_s
+            properties.ReceiveMaximum = min(self._config.max_in_flight, 65535)
+            self._client.connect_async(
+                address.host,
+                address.port,
+                keepalive=self._config.keepalive_s,
+                clean_start=False,
+                properties=properties,
+            )
+        else:  # MQTT 3.1.1: a persistent session; answers come by the request id alone
+            self._client.connect_async(
+                address.host, address.port, keepalive=self._config.keepalive_s
+            )
         self._client.loop_start()
         self._timer = threading.Thread(target=self._run_timer, name="cloud-link-timer", daemon=True)
         self._timer.start()
@@ -307,12 +313,14 @@ class CloudLink:
     def _send(self, request_id: str, entry: _Pending, now: float) -> None:
         if not self._connected.is_set():
             return  # sent again on the next connect
-        props = request_properties(
-            response_topic=self._response_topic_bytes,
-            correlation=request_id.encode("utf-8"),
-            expiry_s=max(1, math.ceil(entry.deadline - now)),
-            content_type=content_type_of(entry.payload).encode("utf-8"),
-        )
+        props = None
+        if self._v5:
+            props = request_properties(
+                response_topic=self._response_topic_bytes,
+                correlation=request_id.encode("utf-8"),
+                expiry_s=max(1, math.ceil(entry.deadline - now)),
+                content_type=content_type_of(entry.payload).encode("utf-8"),
+            )
         try:
             self._client.publish(self.request_topic, entry.payload, qos=1, properties=props)
         except (ValueError, RuntimeError) as exc:
@@ -375,7 +383,10 @@ class CloudLink:
 
     def _make_client(self, will_payload: bytes) -> mqtt.Client:
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            clean_session=None if self._v5 else False,
         )
         config = self._config
         if config.username is not None:

@@ -201,3 +201,13 @@ def test_an_interrupt_mid_run_stops_every_process(run_demo: Any, tmp_path: Path)
     assert process.returncode == 130, "".join(seen) + rest
     assert "every process it started has stopped" in rest
     assert processes_under(tmp_path / "work") == []
+
+
+def test_the_embedded_mqtt311_broker_serves_the_demo_too(run_demo: Any, tmp_path: Path) -> None:
+    process = run_demo("--limit", "30", "--threshold", str(THRESHOLD), "--broker", "amqtt")
+    output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+    assert process.returncode == 0, output
+    assert "amqtt on 127.0.0.1:" in output
+    assert "MQTT 3.1.1" in output
+    assert "replay agrees on 30/30" in output
+    assert processes_under(tmp_path / "work") == []

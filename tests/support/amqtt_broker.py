@@ -1,0 +1,53 @@
+"""A pure-Python MQTT 3.1.1 broker (amqtt) on a free loopback port, for brokers without MQTT 5."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.broker import free_port, wait_for_port
+
+
+def amqtt_command() -> str | None:
+    beside = Path(sys.executable).with_name("amqtt")
+    return str(beside) if beside.exists() else shutil.which("amqtt")
+
+
+@dataclass
+class AmqttBroker:
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> None:
+        command = amqtt_command()
+        if command is None:
+            raise RuntimeError("amqtt is not installed (pip install amqtt)")
+        conf = self.workdir / "amqtt.yaml"
+        conf.write_text(
+            "listeners:\n  default:\n    type: tcp\n"
+            f"    bind: {self.host}:{self.port}\n"
+            "plugins:\n"
+            "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+        )
+        log = (self.workdir / "amqtt.log").open("ab")
+        self.process = subprocess.Popen([command, "-c", str(conf)], stdout=log, stderr=log)
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
