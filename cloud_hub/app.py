@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from protocols import (
     Datatype,
@@ -29,7 +29,8 @@ from protocols import (
 from . import __version__, artifacts, conversions
 from .access import Access
 from .auth import Principal
-from .errors import HubError, PayloadTooLargeError, error_headers
+from .body_limit import BodyLimit
+from .errors import HubError, error_headers
 from .fastpath import InferencePath
 from .metrics import HubMetrics
 from .repository import LoadedVersion, ModelRepository
@@ -49,46 +50,6 @@ EXTENSIONS = [
 ]
 
 _TRITON_TYPES = {dt: f"TYPE_{'STRING' if dt is Datatype.BYTES else dt.value}" for dt in Datatype}
-
-
-class BodyLimit:
-    """Refuses bodies over the limit with 413 before reading them: by Content-Length when
-    given, else while they stream in."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, metrics: HubMetrics) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            self.metrics.rejected.labels(reason="body_too_large").inc()
-            response = JSONResponse(
-                {"error": f"request body is {int(declared)} bytes; the limit is {self.max_bytes}"},
-                status_code=413,
-                headers={"Connection": "close"},
-            )
-            await response(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    self.metrics.rejected.labels(reason="body_too_large").inc()
-                    raise PayloadTooLargeError(
-                        f"request body is over the limit of {self.max_bytes} bytes"
-                    )
-            return message
-
-        await self.app(scope, limited, send)
 
 
 def create_app(settings: HubSettings) -> ASGIApp:
@@ -253,14 +214,11 @@ def create_app(settings: HubSettings) -> ASGIApp:
     app.include_router(artifacts.router(settings, access))
     app.include_router(conversions.router(settings, access, repository))
 
-    app.add_middleware(BodyLimit, max_bytes=settings.limits.payload_max_bytes, metrics=metrics)
-    return InferencePath(
-        app,
-        service=service,
-        access=access,
-        max_body_bytes=settings.limits.payload_max_bytes,
-        ready=lambda: bool(state["ready"]),
+    inference = InferencePath(
+        app, service=service, access=access, ready=lambda: bool(state["ready"])
     )
+    # Outermost, so the inference path and the FastAPI routes share one body limit.
+    return BodyLimit(inference, max_bytes=settings.limits.payload_max_bytes, metrics=metrics)
 
 
 def _triton_config(loaded: LoadedVersion) -> dict[str, Any]:

@@ -3,24 +3,22 @@
 ``POST /v2/models/{m}[/versions/{v}]/infer`` is the hot path: served here it skips FastAPI's
 routing, dependency injection and middleware stack, which cost more than the rest of a small
 model's request (see benchmarks/RESULTS.md). Every other path goes to the FastAPI app. Access
-checks, body limits and error bodies are the same as the app's.
+checks and error bodies are the same as the app's; the body limit wraps both.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import Callable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from protocols import HEADER_LENGTH_HEADER, ProtocolError
 
 from .access import Access
-from .errors import HubError, PayloadTooLargeError, UnavailableError, error_headers
+from .errors import HubError, UnavailableError, error_headers
 from .service import InferenceService
 
 __all__ = ["InferencePath"]
@@ -38,13 +36,11 @@ class InferencePath:
         *,
         service: InferenceService,
         access: Access,
-        max_body_bytes: int,
         ready: Callable[[], bool],
     ) -> None:
         self.app = app
         self.service = service
         self.access = access
-        self.max_body_bytes = max_body_bytes
         self.ready = ready
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -62,13 +58,7 @@ class InferencePath:
         try:
             client = scope.get("client")
             self.access.check(headers, client[0] if client else None, "infer")
-            declared = headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-                self.access.rejected("body_too_large")
-                raise PayloadTooLargeError(
-                    f"request body is {int(declared)} bytes; the limit is {self.max_body_bytes}"
-                )
-            body = await self._read_body(receive)
+            body = await _read_body(receive)
             if not self.ready():
                 raise UnavailableError("the hub is not ready")
             encoded = await self.service.infer_http(
@@ -93,44 +83,17 @@ class InferencePath:
         await send({"type": "http.response.start", "status": 200, "headers": out_headers})
         await send({"type": "http.response.body", "body": encoded.to_bytes()})
 
-    async def _read_body(self, receive: Receive) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise UnavailableError("the client went away")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                self.access.rejected("body_too_large")
-                await _discard_rest(receive, message)
-                raise PayloadTooLargeError(
-                    f"request body is over the limit of {self.max_body_bytes} bytes"
-                )
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-
-async def _discard_rest(
-    receive: Receive, message: Message, *, max_bytes: int = 64 << 20, max_s: float = 2.0
-) -> None:
-    """Read and drop what the client is still sending, for a while, before answering 413.
-
-    Closing a socket with unread data makes the kernel reset the connection, and the reset can
-    reach the client before the 413 does; a client that is still uploading would never see why.
-    """
-    deadline = time.monotonic() + max_s
-    dropped = 0
-    while message.get("more_body", False) and dropped < max_bytes and time.monotonic() < deadline:
-        try:
-            message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            return
-        if message["type"] != "http.request":
-            return
-        dropped += len(message.get("body", b""))
+async def _read_body(receive: Receive) -> bytes:
+    """The whole body; :class:`BodyLimit` around the app cuts off one over the limit."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise UnavailableError("the client went away")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _send_error(send: Send, status: int, message: str, extra: list[tuple[str, str]]) -> None:
