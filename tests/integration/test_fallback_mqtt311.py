@@ -39,7 +39,7 @@ def test_fallback_through_an_mqtt311_only_broker(broker311: AmqttBroker, tmp_pat
     repository = fallback_repository(tmp_path / "repo", digits)
     hub: HubProcess = start_mqtt_hub(
         repository, tmp_path / "hub", broker311, protocol="3.1.1", shared=False
-    )  # type: ignore[arg-type]
+    )
     agent = AgentProcess(
         workdir=tmp_path / "agent",
         config={

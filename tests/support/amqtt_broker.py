@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.broker import free_port, wait_for_port
+from tests.support.broker import Broker, wait_for_port
 
 
 def amqtt_command() -> str | None:
@@ -17,15 +17,8 @@ def amqtt_command() -> str | None:
 
 
 @dataclass
-class AmqttBroker:
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    host: str = "127.0.0.1"
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+class AmqttBroker(Broker):
+    """Starts amqtt instead of Mosquitto; stopping and the address work as for :class:`Broker`."""
 
     def start(self) -> None:
         command = amqtt_command()
@@ -41,13 +34,3 @@ class AmqttBroker:
         log = (self.workdir / "amqtt.log").open("ab")
         self.process = subprocess.Popen([command, "-c", str(conf)], stdout=log, stderr=log)
         wait_for_port(self.port)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
