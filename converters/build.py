@@ -29,6 +29,7 @@ from protocols import (
     ArtifactManifest,
     CalibrationInfo,
     ManifestTensor,
+    SmokeTest,
     SourceInfo,
     ValidationReport,
 )
@@ -38,10 +39,11 @@ from .errors import ProfileError, ValidationFailedError
 from .profiles import DeviceProfile, load_profiles
 from .runners import open_runner
 from .samples import SampleSet, generate_samples, load_samples
+from .smoke import make_smoke_test
 from .sources import Source, file_sha256, open_source
 from .targets import ARTIFACT_FILES, TargetRequest, converter_for
 from .tensors import Layout, layout_permutations
-from .validation import LatencyPlan, validate_runner
+from .validation import LatencyPlan, artifact_inputs, match_names, validate_runner
 
 __all__ = [
     "DEFAULT_SAMPLE_COUNT",
@@ -276,6 +278,9 @@ class _Build:
             )
             inputs = _with_layouts(runner.inputs, source, result.perms)
             outputs = runner.outputs
+            smoke = (
+                _smoke_test(runner, samples, result.perms, profile) if validation.passed else None
+            )
         finally:
             runner.close()
         if validation.passed:
@@ -309,9 +314,19 @@ class _Build:
             tools=library_versions({"hybrid-inference": _version_of_package(), **result.tools}),
             validation=validation,
             created_at=dt.datetime.now(dt.timezone.utc),
+            smoke_test=smoke,
         )
         write_manifest(folder, manifest)
         return BuiltArtifact(profile=profile, directory=folder, file=output, manifest=manifest)
+
+
+def _smoke_test(
+    runner: Any, samples: SampleSet, perms: Mapping[str, tuple[int, ...]], profile: DeviceProfile
+) -> SmokeTest | None:
+    """The first validation samples and the artifact's answers, for devices to check."""
+    names = match_names(list(samples.arrays), [t.name for t in runner.inputs], "input")
+    feed = artifact_inputs(samples.arrays, names, perms)
+    return make_smoke_test(runner, feed, precision=profile.precision)
 
 
 def _with_layouts(

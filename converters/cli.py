@@ -109,7 +109,130 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--samples", type=Path, help=".npz of inputs (the source's layout)")
     validate.add_argument("--sample-count", type=int, default=64)
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
+    _signing_commands(commands)
     return parser
+
+
+def _signing_commands(commands: Any) -> None:
+    keygen = commands.add_parser(
+        "keygen", help="make an Ed25519 key pair for signing releases (PREFIX.key, PREFIX.pub)"
+    )
+    keygen.add_argument("prefix", type=Path, help="path prefix of the two key files")
+    keygen.add_argument("--overwrite", action="store_true", help="replace existing key files")
+    keygen.add_argument("--json", action="store_true", help="print the key id and key as JSON")
+
+    sign = commands.add_parser(
+        "sign",
+        help="sign an artifact folder's manifest with an expiry: writes release.json beside it "
+        "(run again with another key to add a signature)",
+    )
+    sign.add_argument("artifact", type=Path, help="an artifact folder (holding manifest.json)")
+    sign.add_argument(
+        "--key",
+        dest="keys",
+        action="append",
+        type=Path,
+        required=True,
+        help="a private key file (PEM); repeat for more signatures",
+    )
+    sign.add_argument(
+        "--expires-in-days",
+        type=float,
+        default=30.0,
+        help="devices refuse the release after this many days (default 30)",
+    )
+    sign.add_argument(
+        "--latency-budget-ms",
+        type=float,
+        help="run time per request the model must keep in a device's health window",
+    )
+    sign.add_argument(
+        "--resign", action="store_true", help="start a new release instead of adding signatures"
+    )
+    sign.add_argument("--json", action="store_true", help="print the release as JSON")
+
+    publish = commands.add_parser(
+        "publish",
+        help="upload a signed artifact to a hub, which stores it and announces it to devices",
+    )
+    publish.add_argument("artifact", type=Path, help="a signed artifact folder")
+    publish.add_argument("--hub", required=True, help="the hub's URL (http://host:port)")
+    publish.add_argument(
+        "--api-key",
+        default=os.environ.get("HYBRID_CONVERT_API_KEY"),
+        help="an admin-scope API key or token (also HYBRID_CONVERT_API_KEY)",
+    )
+    publish.add_argument("--json", action="store_true", help="print the hub's answer as JSON")
+
+
+def _cmd_keygen(args: argparse.Namespace, out: TextIO) -> int:
+    from .signing import generate_keypair
+
+    pair = generate_keypair(args.prefix, overwrite=args.overwrite)
+    if args.json:
+        _print_json(
+            out,
+            {
+                "private_key": str(pair.private_path),
+                "public_key": str(pair.public_path),
+                "key_id": pair.key_id,
+                "public_base64": pair.public_base64,
+            },
+        )
+        return 0
+    out.write(
+        f"private key  {pair.private_path} (keep it secret)\n"
+        f"public key   {pair.public_path}\n"
+        f"key id       {pair.key_id}\n"
+        f"for an agent's updates.trusted_keys: {pair.public_base64}\n"
+    )
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace, out: TextIO) -> int:
+    from .signing import load_private_key, sign_artifact
+
+    if args.expires_in_days <= 0:
+        from .signing import SigningError
+
+        raise SigningError("--expires-in-days must be above 0")
+    keys = [load_private_key(path) for path in args.keys]
+    release = sign_artifact(
+        args.artifact,
+        keys,
+        expires_in_s=args.expires_in_days * 86_400,
+        latency_budget_ms=args.latency_budget_ms,
+        resign=args.resign,
+    )
+    if args.json:
+        _print_json(out, release.model_dump(mode="json"))
+        return 0
+    m = release.manifest
+    out.write(
+        f"signed {m.name} {m.version} for {m.device_class} ({m.sha256[:16]}...), "
+        f"{len(release.signatures)} signature(s), expires {release.signed.expires_at.isoformat()}\n"
+    )
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace, out: TextIO) -> int:
+    from .publish import publish_artifact
+
+    result = publish_artifact(args.artifact, args.hub, api_key=args.api_key)
+    if args.json:
+        _print_json(out, result)
+        return 0
+    out.write(
+        f"published {result.get('name')} {result.get('version')} for "
+        f"{result.get('device_class')}; "
+        + (
+            f"announced on {result.get('topic')}"
+            if result.get("announced")
+            else "stored, not announced (the hub has no MQTT broker)"
+        )
+        + "\n"
+    )
+    return 0
 
 
 def _common(command: argparse.ArgumentParser) -> None:
@@ -383,6 +506,9 @@ COMMANDS = {
     "profiles": _cmd_profiles,
     "inspect": _cmd_inspect,
     "validate": _cmd_validate,
+    "keygen": _cmd_keygen,
+    "sign": _cmd_sign,
+    "publish": _cmd_publish,
 }
 
 

@@ -85,5 +85,6 @@ EXIT_CODES: dict[int, str] = {
     4: "conversion failed",
     5: "validation gate failed: an artifact missed its thresholds (nothing was written)",
     6: "target unavailable: a tool the profile needs is not installed",
+    7: "publish failed: the hub refused the release or could not be reached",
     130: "interrupted",
 }

@@ -6,11 +6,21 @@
 - :mod:`protocols.topics`: MQTT topic builders and parsers, device id rules.
 - :mod:`protocols.messages`: device status and telemetry.
 - :mod:`protocols.manifest`: the manifest of a converted model artifact.
+- :mod:`protocols.announcement`: signed model releases and fleet announcements.
 - :mod:`protocols.errors`: one error per kind of bad input; :mod:`protocols.limits`: size limits.
 
 This package does no I/O and imports nothing else of the project.
 """
 
+from .announcement import (
+    RELEASE_FILENAME,
+    KeySignature,
+    ModelAnnouncement,
+    ReleaseInfo,
+    SignedRelease,
+    parse_release_version,
+    release_signing_bytes,
+)
 from .codec import (
     BINARY_DATA,
     BINARY_DATA_OUTPUT,
@@ -67,6 +77,9 @@ from .manifest import (
     OutputFidelity,
     Precision,
     QuantizationParameters,
+    SmokeSample,
+    SmokeTensor,
+    SmokeTest,
     SourceFormat,
     SourceInfo,
     Thresholds,
@@ -113,6 +126,7 @@ __all__ = [
     "MANIFEST_FILENAME",
     "MANIFEST_SCHEMA_VERSION",
     "PROTOCOL_VERSION",
+    "RELEASE_FILENAME",
     "ArtifactFormat",
     "ArtifactManifest",
     "BinaryFormatError",
@@ -129,11 +143,13 @@ __all__ = [
     "ErrorResponse",
     "InferenceRequest",
     "InferenceResponse",
+    "KeySignature",
     "LatencyReport",
     "LimitExceededError",
     "Limits",
     "ManifestTensor",
     "MessageError",
+    "ModelAnnouncement",
     "ModelMetadata",
     "MqttErrorResponse",
     "MqttInferenceRequest",
@@ -142,11 +158,16 @@ __all__ = [
     "Precision",
     "ProtocolError",
     "QuantizationParameters",
+    "ReleaseInfo",
     "RequestInput",
     "RequestOutput",
     "ResponseOutput",
     "ServerMetadata",
     "ShapeError",
+    "SignedRelease",
+    "SmokeSample",
+    "SmokeTensor",
+    "SmokeTest",
     "SourceFormat",
     "SourceInfo",
     "Telemetry",
@@ -175,7 +196,9 @@ __all__ = [
     "infer_response_topic",
     "parse_datatype",
     "parse_header_length",
+    "parse_release_version",
     "parse_topic",
+    "release_signing_bytes",
     "request_subscription",
     "serialize_bytes_tensor",
     "shared_request_subscription",

@@ -33,6 +33,9 @@ __all__ = [
     "OutputFidelity",
     "Precision",
     "QuantizationParameters",
+    "SmokeSample",
+    "SmokeTensor",
+    "SmokeTest",
     "SourceFormat",
     "SourceInfo",
     "Thresholds",
@@ -139,6 +142,40 @@ class ValidationReport(_Part):
     """One line per missed gate, empty when ``passed``."""
 
 
+SMOKE_MAX_ELEMENTS = 65_536
+"""Elements per smoke tensor: enough for a few samples of a small input, no more."""
+
+
+class SmokeTensor(_Part):
+    """A tensor as the device's runtime takes or gives it (float for quantized models too)."""
+
+    datatype: Datatype
+    shape: list[Annotated[int, Field(ge=1)]]
+    data: list[float] | list[int]
+
+    @field_validator("data")
+    @classmethod
+    def _size(cls, value: list[float] | list[int]) -> list[float] | list[int]:
+        if len(value) > SMOKE_MAX_ELEMENTS:
+            raise ValueError(f"a smoke tensor holds at most {SMOKE_MAX_ELEMENTS} elements")
+        return value
+
+
+class SmokeSample(_Part):
+    inputs: dict[StrictStr, SmokeTensor]
+    outputs: dict[StrictStr, SmokeTensor]
+    """What the artifact itself answered where it was built."""
+
+
+class SmokeTest(_Part):
+    """Inputs a device runs a new model on before serving it, and the outputs it must give,
+    within ``atol + rtol * |expected|`` per element."""
+
+    samples: Annotated[list[SmokeSample], Field(min_length=1, max_length=16)]
+    atol: Annotated[float, Field(ge=0)] = 1e-3
+    rtol: Annotated[float, Field(ge=0)] = 1e-3
+
+
 class ArtifactManifest(_Part):
     schema_version: Literal[1] = 1
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
@@ -161,6 +198,9 @@ class ArtifactManifest(_Part):
     """Converter and library versions: ``{"hybrid-inference": ..., "tensorflow": ...}``."""
     validation: ValidationReport
     created_at: dt.datetime
+    smoke_test: SmokeTest | None = None
+    """Sample inputs and the outputs the artifact gave, for a device to check before serving it
+    (see docs/updates.md)."""
 
     @field_validator("device_class")
     @classmethod
