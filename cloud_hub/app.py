@@ -8,6 +8,7 @@ the repository at start and drains it at shutdown. Every failure is answered as
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +27,7 @@ from protocols import (
     ServerMetadata,
 )
 
-from . import __version__, artifacts, conversions
+from . import __version__, artifacts, conversions, releases
 from .access import Access
 from .auth import Principal
 from .body_limit import BodyLimit
@@ -62,6 +63,7 @@ def create_app(settings: HubSettings) -> ASGIApp:
     )
 
     service = InferenceService(repository, limits)
+    release_store = releases.ReleaseStore(artifacts.ArtifactStore(artifacts.store_root(settings)))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,8 +79,9 @@ def create_app(settings: HubSettings) -> ASGIApp:
             from .mqtt_bridge import MqttBridge
 
             bridge = MqttBridge(settings.mqtt, service, metrics)
-            await bridge.start()
             state["bridge"] = bridge
+            await asyncio.to_thread(releases.announce_all, release_store, bridge)
+            await bridge.start()
         state["ready"] = True
         logger.info(
             "hub ready: %d model versions loaded from %s",
@@ -213,6 +216,7 @@ def create_app(settings: HubSettings) -> ASGIApp:
 
     app.include_router(artifacts.router(settings, access))
     app.include_router(conversions.router(settings, access, repository))
+    app.include_router(releases.router(settings, access, lambda: state.get("bridge")))
 
     inference = InferencePath(
         app, service=service, access=access, ready=lambda: bool(state["ready"])

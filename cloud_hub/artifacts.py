@@ -16,6 +16,9 @@ progress and are never listed or served.
 the version folder (``rpi4-litert-fp16/model.tflite``), with HTTP Range support. Both need the
 ``infer`` scope. Names are checked part by part and the resolved path must stay inside the store,
 so neither ``..`` nor a link leads out of it.
+
+Signed releases (``release.json`` beside the manifest) are published and announced by
+:mod:`cloud_hub.releases`; see docs/updates.md.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 
-from protocols import MANIFEST_FILENAME
+from protocols import MANIFEST_FILENAME, RELEASE_FILENAME
 
 from .access import Access
 from .auth import Principal
@@ -137,7 +140,7 @@ class ArtifactStore:
             return None
         base = f"/v1/artifacts/{name}/{version}/{folder.name}"
         validation = manifest.get("validation") or {}
-        return {
+        entry: dict[str, Any] = {
             "name": name,
             "version": str(version),
             "profile": manifest.get("profile", folder.name),
@@ -149,7 +152,11 @@ class ArtifactStore:
             "created_at": manifest.get("created_at"),
             "validation_passed": validation.get("passed"),
             "files": {"model": f"{base}/{file_name}", "manifest": f"{base}/{MANIFEST_FILENAME}"},
+            "signed": (folder / RELEASE_FILENAME).is_file(),
         }
+        if entry["signed"]:
+            entry["files"]["release"] = f"{base}/{RELEASE_FILENAME}"
+        return entry
 
     def resolve(self, name: str, version: str, file: str) -> Path:
         """The file at ``<name>/<version>/<file>``, or 404; never a path outside the store."""

@@ -156,6 +156,8 @@ class MqttBridge:
         self._tasks: set[asyncio.Task[None]] = set()
         self._connected = threading.Event()
         self._closing = False
+        self._retained: dict[str, bytes] = {}
+        self._retained_lock = threading.Lock()
         client_id = settings.client_id or f"hub-{socket.gethostname()}-{os.getpid()}"
         self._v5 = settings.protocol == "5"
         self._client = mqtt.Client(
@@ -216,6 +218,16 @@ class MqttBridge:
         self._client.loop_stop()
         self._metrics.connected.set(0)
 
+    def set_retained(self, topic: str, payload: bytes) -> bool:
+        """Publish ``payload`` retained on ``topic`` now if connected, and again on every
+        connect (the broker may have lost it). ``True`` when it went out now."""
+        with self._retained_lock:
+            self._retained[topic] = payload
+        if not self._connected.is_set():
+            return False
+        info = self._client.publish(topic, payload, qos=1, retain=True)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
     def _subscription(self) -> str:
         if self._settings.shared:
             return shared_request_subscription(self._settings.share_group)
@@ -233,6 +245,10 @@ class MqttBridge:
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.subscribe(self._subscription(), qos=1)
+        with self._retained_lock:
+            retained = list(self._retained.items())
+        for topic, payload in retained:
+            client.publish(topic, payload, qos=1, retain=True)
         self._connected.set()
         self._metrics.connected.set(1)
         logger.info("MQTT bridge connected; subscribed to %s", self._subscription())
