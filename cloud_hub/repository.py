@@ -120,6 +120,7 @@ class LoadedVersion:
             platform=self.platform,
             inputs=[meta(t) for t in self.inputs],
             outputs=[meta(t) for t in self.outputs],
+            parameters=getattr(self.backend, "parameters", None),
         )
 
     def check_inputs(self, tensors: Mapping[str, np.ndarray[Any, Any]]) -> None:
@@ -158,6 +159,9 @@ class LoadedVersion:
                 if batch is not None and shape[0] != batch:
                     raise BadRequestError("all inputs must have the same batch size")
                 batch = shape[0]
+        validate = getattr(self.backend, "validate", None)
+        if validate is not None:  # value checks a backend needs, per request (before batching)
+            validate(tensors)
 
     def check_outputs(self, names: list[str]) -> None:
         for name in names:
@@ -401,7 +405,7 @@ class ModelRepository:
             _check_batch_limit(backend, config)
             inputs = _tensor_configs(config.inputs, backend.inputs, config, "input")
             outputs = _tensor_configs(config.outputs, backend.outputs, config, "output")
-            labels = _labels(config, folder)
+            labels = _labels(config, folder) or getattr(backend, "labels", None)
         except HubError:
             backend.close()
             raise

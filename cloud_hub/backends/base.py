@@ -69,7 +69,12 @@ class BackendOptions:
 
 
 class Backend(Protocol):
-    """A loaded model. ``infer`` may be called from several threads at once."""
+    """A loaded model. ``infer`` may be called from several threads at once.
+
+    Optional, looked up by the repository when present: ``labels`` (class names, used when
+    config.yaml names none), ``parameters`` (shown in the model's metadata) and
+    ``validate(inputs)`` (value checks per request, before batching; raises ``BadRequestError``).
+    """
 
     name: str
     """The runtime and where it runs, for metadata and logs (``onnxruntime:CPUExecutionProvider``)."""
