@@ -27,7 +27,7 @@ from protocols import (
     ServerMetadata,
 )
 
-from . import __version__, artifacts, conversions, releases
+from . import __version__, artifacts, conversions, fleet, releases
 from .access import Access
 from .auth import Principal
 from .body_limit import BodyLimit
@@ -63,6 +63,7 @@ def create_app(settings: HubSettings) -> ASGIApp:
     )
 
     service = InferenceService(repository, limits)
+    fleet_view = fleet.FleetView(metrics)
     release_store = releases.ReleaseStore(artifacts.ArtifactStore(artifacts.store_root(settings)))
 
     @contextlib.asynccontextmanager
@@ -78,7 +79,7 @@ def create_app(settings: HubSettings) -> ASGIApp:
         if settings.mqtt is not None:
             from .mqtt_bridge import MqttBridge
 
-            bridge = MqttBridge(settings.mqtt, service, metrics)
+            bridge = MqttBridge(settings.mqtt, service, metrics, on_status=fleet_view.update)
             state["bridge"] = bridge
             await asyncio.to_thread(releases.announce_all, release_store, bridge)
             await bridge.start()
@@ -216,6 +217,7 @@ def create_app(settings: HubSettings) -> ASGIApp:
 
     app.include_router(artifacts.router(settings, access))
     app.include_router(conversions.router(settings, access, repository))
+    app.include_router(fleet.router(fleet_view, access))
     app.include_router(releases.router(settings, access, lambda: state.get("bridge")))
 
     inference = InferencePath(

@@ -24,6 +24,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ from protocols.codec import BINARY_DATA, BINARY_DATA_OUTPUT, BinaryChoice
 from protocols.errors import TopicError
 
 from .errors import HubError, RequestTimeoutError
+from .fleet import STATUS_SUBSCRIPTION
 from .metrics import HubMetrics
 from .service import SERVED_BY, InferenceService
 from .settings import MqttSettings
@@ -57,6 +59,8 @@ from .settings import MqttSettings
 __all__ = ["MqttBridge", "RecentAnswers"]
 
 logger = logging.getLogger(__name__)
+
+_STATUS_SUFFIX = "/" + TopicKind.STATUS.value
 
 
 class BridgeMetrics:
@@ -146,9 +150,16 @@ class _Incoming:
 
 class MqttBridge:
     def __init__(
-        self, settings: MqttSettings, service: InferenceService, metrics: HubMetrics
+        self,
+        settings: MqttSettings,
+        service: InferenceService,
+        metrics: HubMetrics,
+        *,
+        on_status: Callable[[str, bytes], object] | None = None,
     ) -> None:
+        """``on_status`` gets every device's retained status (topic, payload) on paho's thread."""
         self._settings = settings
+        self._on_status = on_status
         self._service = service
         self._metrics = BridgeMetrics(metrics)
         self._answers = RecentAnswers(settings.dedup_max_entries, settings.dedup_ttl_s)
@@ -245,6 +256,8 @@ class MqttBridge:
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.subscribe(self._subscription(), qos=1)
+        if self._on_status is not None:
+            client.subscribe(STATUS_SUBSCRIPTION, qos=1)
         with self._retained_lock:
             retained = list(self._retained.items())
         for topic, payload in retained:
@@ -262,6 +275,14 @@ class MqttBridge:
             logger.warning("MQTT bridge disconnected (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._on_status is not None and msg.topic.endswith(_STATUS_SUFFIX):
+            try:
+                self._on_status(msg.topic, bytes(msg.payload))
+            except Exception:
+                logger.exception("the device status on %s was not recorded", msg.topic)
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+            return
         props = getattr(msg, "properties", None)
         incoming = _Incoming(
             topic=msg.topic,
