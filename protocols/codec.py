@@ -236,7 +236,7 @@ def parse_header_length(value: str | int | None, body_length: int) -> int | None
         return None
     if isinstance(value, str):
         text = value.strip()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # "²".isdigit() is true; int("²") fails
             raise BinaryFormatError(
                 f"{HEADER_LENGTH_HEADER} must be a non-negative integer, got {value!r}",
                 location=HEADER_LENGTH_HEADER,
