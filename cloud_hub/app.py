@@ -16,13 +16,14 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from protocols import (
     Datatype,
+    ErrorResponse,
     ProtocolError,
     ServerMetadata,
 )
@@ -49,6 +50,20 @@ EXTENSIONS = [
     "statistics",
     "model_configuration",
 ]
+
+# Every route may answer these, as {"error": ...}; documented so the OpenAPI schema tells the truth.
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": why}
+    for status, why in (
+        (400, "a request the hub cannot take"),
+        (401, "no or bad credentials"),
+        (403, "credentials without the scope, or a remote client of a hub without credentials"),
+        (404, "no such model, version, job or file"),
+        (413, "body over the limit"),
+        (429, "rate limit; see Retry-After"),
+        (503, "not ready, shutting down, or a full queue"),
+    )
+}
 
 _TRITON_TYPES = {dt: f"TYPE_{'STRING' if dt is Datatype.BYTES else dt.value}" for dt in Datatype}
 
@@ -104,6 +119,7 @@ def create_app(settings: HubSettings) -> ASGIApp:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        responses=_ERROR_RESPONSES,
     )
     app.state.repository = repository
     app.state.metrics = metrics
@@ -162,7 +178,7 @@ def create_app(settings: HubSettings) -> ASGIApp:
             name=settings.server_name, version=__version__, extensions=EXTENSIONS
         ).model_dump()
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus(request: Request) -> Response:
         if not settings.metrics_public:
             await require("admin")(request)
