@@ -32,6 +32,7 @@ from .registry import ModelRegistry, ModelState, ModelStatus
 from .router import Router
 from .runtime import RuntimeInfo, select_runtime
 from .systemd import notify
+from .updater import Updater, recover_models
 
 __all__ = ["SERVER_NAME", "Agent", "CheckReport", "agent_version", "check", "run"]
 
@@ -54,7 +55,12 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.metrics = AgentMetrics()
-        self.registry = ModelRegistry(config.models)
+        recovered = (
+            recover_models(config.data_dir, config.models) if config.updates is not None else {}
+        )
+        self.registry = ModelRegistry(
+            [recovered[m.name].config if m.name in recovered else m for m in config.models]
+        )
         self.cloud: CloudGateway | None = None
         if config.cloud is not None:
             self.cloud = CloudGateway(
@@ -71,6 +77,22 @@ class Agent:
             remote_models=config.cloud.remote_models if config.cloud is not None else (),
         )
         self.gate = RequestGate()
+        self.updater: Updater | None = None
+        if config.updates is not None:
+            self.updater = Updater(
+                config.updates,
+                device_class=config.device_class,
+                data_dir=config.data_dir,
+                base_configs=config.models,
+                recovered=recovered,
+                registry=self.registry,
+                runtime=lambda: self.runtime,
+                metrics=self.metrics,
+                on_change=self._updates_changed,
+                probe=config.probe_models,
+                probe_timeout_s=config.probe_timeout_s,
+                worker_timeout_s=config.worker_timeout_s,
+            )
         self.runtime: RuntimeInfo | None = None
         self.runtime_error: str | None = None
         self._api: ApiServer | None = None
@@ -110,9 +132,12 @@ class Agent:
             self._close_cloud()
             self._close_servers()
             raise
+        self._update_model_gauges()
+        if self.updater is not None and self.cloud is not None and self.cloud.link is not None:
+            self.updater.start()
+            self.cloud.link.add_subscription(self.updater.topic, self.updater.offer)
         if self.cloud is not None:
             self.cloud.publish_status()
-        self._update_model_gauges()
         loaded = sum(1 for s in self.registry.statuses() if s.state is ModelState.READY)
         logger.info(
             "edge agent %s serving %d of %d model(s) on runtime %s",
@@ -143,6 +168,8 @@ class Agent:
                 self.gate.in_flight,
                 timeout_s,
             )
+        if self.updater is not None:
+            self.updater.stop()
         self._close_cloud()
         self._close_servers()
         self.registry.close()
@@ -173,6 +200,8 @@ class Agent:
         }
         if self.cloud is not None:
             detail["cloud"] = self.cloud.detail()
+        if self.updater is not None:
+            detail["updates"] = self.updater.detail()
         return DeviceStatus(
             device_id=self.config.device_id,
             timestamp_s=time.time(),
@@ -183,6 +212,11 @@ class Agent:
             models=[s.name for s in statuses if s.state is ModelState.READY],
             detail=detail,
         )
+
+    def _updates_changed(self) -> None:
+        """An update moved on: publish the retained status so the fleet sees it."""
+        if self.cloud is not None and not self._stopped:
+            self.cloud.publish_status()
 
     def _api_context(self) -> ApiContext:
         return ApiContext(

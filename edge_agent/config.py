@@ -48,6 +48,7 @@ __all__ = [
     "OutboxConfig",
     "RemoteModelConfig",
     "RuntimeChoice",
+    "UpdatesConfig",
     "load_config",
 ]
 
@@ -221,6 +222,49 @@ class CloudConfig(BaseModel):
         return address
 
 
+class UpdatesConfig(BaseModel):
+    """Signed model updates: announcements on the device class's fleet topic (through the cloud
+    link), downloads from a hub. See docs/updates.md."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hub_url: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    """Where artifacts are downloaded from: ``http(s)://host:port``."""
+    api_key: SecretStr | None = None
+    """Sent as ``Authorization: Bearer`` (the ``infer`` scope suffices)."""
+    trusted_keys: tuple[str, ...] = Field(min_length=1)
+    """Ed25519 public keys: base64 of the raw key (``model-convert keygen`` prints it) or PEM
+    files. Only distinct keys count towards ``threshold``."""
+    threshold: int = Field(default=1, ge=1, le=16)
+    """Valid signatures by distinct trusted keys a release needs."""
+    max_size_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    """Largest model this device takes, whatever a release says."""
+    health_window_s: float = Field(default=30.0, ge=0, le=86_400)
+    """How long a new version is watched after the swap; 0 skips the watch."""
+    health_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    """How often the smoke samples run again during the window."""
+    latency_budget_ms: float | None = Field(default=None, gt=0)
+    """Median run time a new version must keep in its window, when its release sets none."""
+    download_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    download_chunk_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
+    retry_s: float = Field(default=30.0, gt=0, le=86_400)
+    """After a failed download, when to try the newest announcement again."""
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        base = (info.context or {}).get("base_dir")
+        resolved = []
+        for entry in value:
+            path = Path(entry).expanduser()
+            if base is not None and (entry.endswith(".pub") or entry.endswith(".pem")):
+                path = path if path.is_absolute() else Path(base) / path
+                resolved.append(str(path))
+            else:
+                resolved.append(entry)
+        return tuple(resolved)
+
+
 class ModelConfig(BaseModel):
     """One local model: a ``.tflite`` file served under ``name``."""
 
@@ -290,6 +334,8 @@ class AgentConfig(BaseModel):
     models: tuple[ModelConfig, ...] = ()
     cloud: CloudConfig | None = None
     """The cloud link (MQTT); without it every request is answered here."""
+    updates: UpdatesConfig | None = None
+    """Signed model updates over the cloud link; without it models change only by config."""
 
     @field_validator("device_id")
     @classmethod
@@ -335,6 +381,8 @@ class AgentConfig(BaseModel):
             if model.name in seen:
                 raise ValueError(f"model name {model.name!r} appears twice in models")
             seen.add(model.name)
+        if self.updates is not None and self.cloud is None:
+            raise ValueError("updates come over the cloud link: add a cloud section (cloud.broker)")
         if self.cloud is None:
             using = [m.name for m in self.models if m.fallback.policy != "never"]
             if using:

@@ -103,6 +103,7 @@ class AgentMetrics:
             registry=r,
         )
         self._add_fallback_metrics(r)
+        self._add_update_metrics(r)
         self._models: dict[str, ModelMetrics] = {}
         self._fallbacks: dict[tuple[str, str], Counter] = {}
 
@@ -182,6 +183,34 @@ class AgentMetrics:
             "edge_agent_outbox_delivered",
             "Outbox rows delivered: request (answered by the cloud), telemetry (acknowledged).",
             ["kind"],
+            registry=r,
+        )
+
+    def _add_update_metrics(self, r: CollectorRegistry) -> None:
+        self.update_rejections = Counter(
+            "edge_agent_update_rejections",
+            "Model releases refused, by model and reason (signature, expired, device_class, "
+            "rollback, failed_before, format, size, sha256, smoke_test, malformed).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.updates = Counter(
+            "edge_agent_updates",
+            "Model updates by outcome: installed (swapped in), confirmed (healthy through the "
+            "window), rolled_back.",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "edge_agent_model_version",
+            "The version each model serves (0: the config's own file without a numeric version).",
+            ["model"],
+            registry=r,
+        )
+        self.update_in_progress = Gauge(
+            "edge_agent_update_in_progress",
+            "1 while a model's update downloads, is tested or is in its health window.",
+            ["model"],
             registry=r,
         )
 

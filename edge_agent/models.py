@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -25,13 +26,21 @@ from .errors import AgentError, InputError, ModelLoadError, UnavailableError
 from .probe import probe_model
 from .runtime import Array, Backend, ModelSignature, RuntimeInfo, TensorSpec
 
-__all__ = ["LoadedModel", "load_model", "read_labels"]
+__all__ = ["LoadedModel", "RunWatch", "load_model", "read_labels"]
 
 logger = logging.getLogger(__name__)
 
 PLATFORM = "tensorflow_lite"
 RUN_TIME_SMOOTHING = 0.1
 """Weight of the newest run in the moving average of run times (latency budget estimates)."""
+
+
+class RunWatch(Protocol):
+    """What sees every run of a watched model (the updater's health window)."""
+
+    def observe(self, run_s: float, outputs: Mapping[str, Array]) -> None: ...
+
+    def error(self, exc: BaseException) -> None: ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -73,6 +82,8 @@ class LoadedModel:
         self._load_lock = threading.Lock()
         self._inside = 0
         self._mean_run_s = 0.0
+        self.watch: RunWatch | None = None
+        """Set by the updater during a new version's health window."""
 
     def infer(
         self, inputs: Mapping[str, Array], outputs: Sequence[str] | None = None
@@ -98,9 +109,15 @@ class LoadedModel:
             start = time.perf_counter()
             try:
                 result = backend.infer(checked)
+            except Exception as exc:
+                if self.watch is not None:
+                    self.watch.error(exc)
+                raise
             finally:
                 self._idle.put(backend)
             run_s = time.perf_counter() - start
+            if self.watch is not None:
+                self.watch.observe(run_s, result)
         finally:
             with self._load_lock:
                 self._inside -= 1
@@ -156,6 +173,18 @@ class LoadedModel:
                 "labels": len(self.labels),
             },
         )
+
+    def retire(self, grace_s: float = 1.0, timeout_s: float = 30.0) -> None:
+        """Close once the requests that still hold this model are done: after a swap, requests
+        that took it from the registry just before finish on it, and none fails."""
+        time.sleep(grace_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._load_lock:
+                if self._inside == 0:
+                    break
+            time.sleep(0.01)
+        self.close(timeout_s=max(0.0, deadline - time.monotonic()) or 0.1)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Close every interpreter, waiting up to ``timeout_s`` for busy ones to come back."""

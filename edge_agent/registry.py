@@ -117,6 +117,27 @@ class ModelRegistry:
                 error=reason,
             )
 
+    def replace(self, model: LoadedModel) -> LoadedModel | None:
+        """Serve ``model`` (a new version of a configured model) from now on; the model it
+        replaces is returned for the caller to retire. Requests already running keep theirs."""
+        name = model.name
+        if name not in self._configs:
+            raise ModelNotFoundError(f"unknown model {name!r}")
+        with self._lock:
+            old = self._loaded.get(name)
+            self._configs[name] = model.config
+            self._loaded[name] = model
+            self._status[name] = ModelStatus(
+                name=name,
+                version=model.version,
+                state=ModelState.READY,
+                path=str(model.config.path),
+            )
+        logger.info(
+            "model %s now serves version %s from %s", name, model.version, model.config.path
+        )
+        return old
+
     def get(self, name: str, version: str | None = None) -> LoadedModel:
         """The model ready to serve, or :class:`ModelNotFoundError` / :class:`ModelNotReadyError`."""
         model = self._loaded.get(name)

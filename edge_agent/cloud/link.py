@@ -181,6 +181,7 @@ class CloudLink:
         self._timer: threading.Thread | None = None
         self.client_id = config.client_id or f"edge-{device_id}"
         self._v5 = config.protocol == "5"
+        self._subscriptions: dict[str, Callable[[bytes], None]] = {}
         self._client = self._make_client(will_payload)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -308,6 +309,13 @@ class CloudLink:
             return None
         return info
 
+    def add_subscription(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Hand every message on ``topic`` (QoS 1, retained ones too) to ``handler``, on paho's
+        thread: it must be quick. Subscribed again on every connect."""
+        self._subscriptions[topic] = handler
+        if self._connected.is_set():
+            self._client.subscribe(topic, qos=1)
+
     # -- sending and the timer ---------------------------------------------------------------
 
     def _send(self, request_id: str, entry: _Pending, now: float) -> None:
@@ -418,6 +426,8 @@ class CloudLink:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Subscribe before anything is sent again, so that no answer comes before it.
         client.subscribe(self.response_topic, qos=1)
+        for topic in list(self._subscriptions):
+            client.subscribe(topic, qos=1)
         self._connected.set()
         self._metrics.cloud_connected.set(1)
         logger.info(
@@ -455,6 +465,12 @@ class CloudLink:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic != self.response_topic:
+            handler = self._subscriptions.get(message.topic)
+            if handler is not None:
+                try:
+                    handler(bytes(message.payload))
+                except Exception:
+                    logger.exception("the handler of %s failed", message.topic)
             return
         payload = bytes(message.payload)
         correlation = getattr(message.properties, "CorrelationData", None)
