@@ -134,7 +134,6 @@ def train(
             progress(len(losses), float(value))
 
     vqc = VQC(
-        num_qubits=config.num_qubits,
         feature_map=feature_map,
         ansatz=ansatz,
         loss="cross_entropy",
