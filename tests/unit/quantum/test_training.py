@@ -62,7 +62,7 @@ def test_training_is_reproducible(tmp_path: Path) -> None:
     tiny = TrainConfig(
         dataset="iris",
         num_qubits=4,
-        max_iterations=4,
+        max_iterations=12,
         max_train=24,
         seed=3,
         ansatz={"name": "real_amplitudes", "reps": 1},
