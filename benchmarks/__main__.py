@@ -11,6 +11,7 @@ BENCHMARKS = [
     "hub_batching",
     "fallback",
     "converter",
+    "quantum",
 ]
 
 if __name__ == "__main__":
