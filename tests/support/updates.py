@@ -232,3 +232,50 @@ def updates_section(hub_url: str, keys: Sequence[Keys], **settings: Any) -> dict
         "trusted_keys": [k.public_base64 for k in keys],
         **settings,
     }
+
+
+def agent_settings(
+    broker: Broker,
+    hub_url: str,
+    keys: Sequence[Keys],
+    model: Path,
+    *,
+    device_class: str = DEVICE_CLASS,
+    device_id: str = "update-device",
+    **updates: Any,
+) -> dict[str, Any]:
+    """An agent config (for ``tests.support.fallback.AgentProcess``) serving ``model`` as
+    ``digits`` version 1, taking updates from ``hub_url`` over ``broker``."""
+    return {
+        "device_id": device_id,
+        "device_class": device_class,
+        "models": [{"name": MODEL_NAME, "path": str(model), "version": "1"}],
+        "cloud": {"broker": broker.address, "telemetry_interval_s": 0},
+        "updates": updates_section(
+            hub_url, keys, **{"health_window_s": 0.3, "health_interval_s": 0.1, **updates}
+        ),
+    }
+
+
+def wait_until(predicate: Any, timeout_s: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; that value."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as exc:  # the agent may be restarting
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached in {timeout_s} s (last: {last!r})")
+
+
+def update_detail(agent: Any, model: str = MODEL_NAME) -> dict[str, Any]:
+    """The agent's ``detail.updates[model]`` from its local status."""
+    with agent.client(timeout_s=5) as client:
+        return dict(client.status()["detail"]["updates"].get(model, {}))
