@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.deploy import promql
 from tests.integration.test_fallback_outages import CLIENTS, Stream, Trigger
 from tests.support.fallback import AgentProcess, fallback_repository, hub_metric, wait_hub_connected
 from tests.support.hub import HubProcess
@@ -191,6 +192,36 @@ def test_a_vanished_device_turns_offline_and_a_forged_status_is_refused(stack: S
     with pytest.raises(urllib.error.HTTPError) as bad:
         _get(hub, "/v1/fleet?state=sleeping")
     assert bad.value.code == 400
+
+
+def test_every_metric_the_dashboard_alerts_and_autoscaler_query_is_exported(
+    stack: Stack,
+) -> None:
+    """Checked against the real /metrics of both hubs and the agent, after the traffic above:
+    edge and cloud answers, a low-confidence fallback, a remote model, online and offline
+    devices, and here a malformed request."""
+    with stack.broker.probe("dev-b") as device:
+        device.publish("hybrid/v1/dev-b/infer/request", b"{not json")
+    _wait_for(
+        lambda: any(
+            hub_metric(hub, 'hub_mqtt_requests_total{outcome="malformed"}') for hub in stack.hubs
+        ),
+        "a malformed request counted",
+    )
+    pages = [_text(f"http://{hub.url}/metrics") for hub in stack.hubs]
+    pages.append(stack.agent.metrics())
+    exposition = promql.Exposition.parse(pages)
+    problems = {
+        where: found
+        for where, expr in promql.queries().items()
+        if (found := exposition.problems(expr))
+    }
+    assert problems == {}
+
+
+def _text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return reply.read().decode()
 
 
 def test_two_hubs_share_the_requests_and_one_killed_loses_nothing(stack: Stack) -> None:
