@@ -132,7 +132,9 @@ class Updater:
         self._lock = threading.Lock()
         self._report: dict[str, dict[str, Any]] = {
             name: {
-                "state": "unconfirmed" if r.unconfirmed else "idle",
+                "state": "unconfirmed"
+                if r.unconfirmed
+                else ("installed" if r.version is not None else "idle"),
                 "version": r.version or self._base[name].version,
                 **({"problems": list(r.problems)} if r.problems else {}),
             }
