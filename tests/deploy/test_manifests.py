@@ -508,6 +508,7 @@ def test_the_agent_daemonset_runs_on_edge_nodes_and_loads_its_config(
     environ["HYBRID_AGENT_DATA_DIR"] = str(tmp_path / "data")
     config = load_config(tmp_path / "config.yaml", environ=environ)
     assert config.device_id == "edge-node-1"
+    assert spec["nodeSelector"]["hybrid-inference.io/device-class"] == config.device_class
     assert config.cloud is not None
     assert config.cloud.username == "edge-node-1"
     assert config.cloud.tls
