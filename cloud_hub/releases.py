@@ -7,7 +7,8 @@
                                 the model, manifest.json and release.json, then announced
 
 The hub does not trust or check signatures: devices do (docs/updates.md). It checks what it
-can see: the release parses, the upload matches the manifest's sha256 and size, and a version
+can see: the release parses and has not expired, the upload matches the manifest's sha256 and
+size, and a version
 already stored is never replaced by other bytes (409). Publishing the same artifact again with a
 new release (a new expiry, more signatures) replaces only ``release.json``.
 
@@ -109,6 +110,10 @@ class ReleaseStore:
             where = ".".join(str(p) for p in first["loc"])
             raise BadRequestError(f"invalid release: {where}: {first['msg']}") from None
         manifest = release.manifest
+        if release.signed.expires_at <= dt.datetime.now(dt.timezone.utc):
+            raise BadRequestError(
+                f"the release expired at {release.signed.expires_at.isoformat()}; sign it again"
+            )
         for part in (manifest.name, manifest.version, manifest.profile):
             if not PART.match(part):
                 raise BadRequestError(f"release names {part!r}, which cannot be a store folder")

@@ -9,6 +9,7 @@
     confidence.py  confidence scores of an answer (max probability, Sedna's entropy score)
     router.py      where a request is answered: the fallback policy per model
     cloud/         the MQTT link to the hubs, circuit breaker, on-disk outbox, telemetry
+    updater/       signed model updates: verify, download, smoke test, swap, roll back
     api/           the local Open Inference Protocol v2 HTTP API (standard library server)
     metrics.py     Prometheus metrics in the agent's own registry
     lifecycle.py   the request gate that drains in-flight requests on SIGTERM

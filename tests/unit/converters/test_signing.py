@@ -7,6 +7,7 @@ import json
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from converters.cli import main
@@ -131,3 +132,29 @@ def test_signing_bytes_are_canonical(tmp_path: Path, model_file: Path) -> None:
     raw = json.loads(release.to_json())  # indented, sorted: other bytes, same data
     assert release_signing_bytes(raw["signed"]) == release_signing_bytes(release.signed)
     assert verify_signatures(raw, TrustedKeys.load([keys.public_base64]), 1) == 1
+
+
+def test_smoke_test_carries_the_artifacts_own_answers(model_file: Path) -> None:
+    from converters.runners import LiteRTRunner
+    from converters.smoke import make_smoke_test
+
+    runner = LiteRTRunner(model_file, threads=1)
+    try:
+        x = np.random.default_rng(3).random((5, 64), dtype=np.float32)
+        smoke = make_smoke_test(runner, {"pixels": x}, precision="fp32")
+        assert smoke is not None
+        assert len(smoke.samples) == 2
+        first = smoke.samples[0]
+        assert first.inputs["pixels"].shape == [1, 64]
+        expected = runner.run({"pixels": x[:1]})["output_0"]
+        np.testing.assert_allclose(first.outputs["output_0"].data, expected.reshape(-1), rtol=1e-6)
+        assert (smoke.atol, smoke.rtol) == (1e-3, 1e-3)
+        too_big = {"pixels": np.zeros((1, 70_000), np.float32)}
+        assert make_smoke_test(_Echo(), too_big, precision="fp32") is None
+    finally:
+        runner.close()
+
+
+class _Echo:
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(inputs)
