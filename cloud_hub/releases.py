@@ -39,6 +39,7 @@ from pydantic import ValidationError
 from protocols import (
     MANIFEST_FILENAME,
     RELEASE_FILENAME,
+    ErrorResponse,
     ModelAnnouncement,
     SignedRelease,
     fleet_models_topic,
@@ -245,7 +246,15 @@ def router(
         size = await releases.receive(sha256, request, settings.limits.payload_max_bytes)
         return {"sha256": sha256, "size_bytes": size}
 
-    @api.post("/v1/releases", dependencies=[admin_scope])
+    @api.post(
+        "/v1/releases",
+        dependencies=[admin_scope],
+        status_code=201,
+        responses={
+            200: {"description": "the artifact was published already: its release was replaced"},
+            409: {"model": ErrorResponse, "description": "the version holds another artifact"},
+        },
+    )
     async def publish(request: Request) -> JSONResponse:
         body = bytearray()
         async for chunk in request.stream():
