@@ -14,6 +14,8 @@
   waits for, go to ``on_unmatched`` (the outbox keeps those it queued; the rest are dropped and
   counted).
 - At most ``max_in_flight`` requests await answers at once.
+- Other subscriptions (the updater's fleet topic) are added with :meth:`CloudLink.add_subscription`
+  and made again on every connect; their messages go to their handler.
 
 Callbacks run on paho's network thread or the link's timer thread: they must be quick and must
 not block on the link. No lock of the link is held while calling paho, and none is taken in a
