@@ -49,6 +49,7 @@ from protocols import (
 )
 from protocols.codec import BINARY_DATA, BINARY_DATA_OUTPUT, BinaryChoice
 from protocols.errors import TopicError
+from protocols.topics import TOPIC_PREFIX
 
 from .errors import HubError, RequestTimeoutError
 from .fleet import STATUS_SUBSCRIPTION
@@ -333,6 +334,18 @@ class MqttBridge:
                 return "malformed"
             self._publish(incoming, incoming.response_topic, encode_mqtt_error(str(exc)))
             return "malformed"
+        if not _may_answer_on(reply_to, device_id):
+            # The hub may write every device's reply topic; a device may not borrow that.
+            logger.warning("refused a Response Topic %r from device %r", reply_to, device_id)
+            self._publish(
+                incoming,
+                infer_response_topic(device_id),
+                encode_mqtt_error(
+                    f"Response Topic {reply_to!r} belongs to another device or the fleet; "
+                    f"use one under {TOPIC_PREFIX}/{device_id}/ or one outside {TOPIC_PREFIX}/"
+                ),
+            )
+            return "malformed"
         deadline_s = incoming.received_s + incoming.expiry_s if incoming.expiry_s else None
         try:
             decoded = decode_mqtt_request(incoming.payload, limits=self._service.limits)
@@ -402,6 +415,13 @@ class MqttBridge:
             self._client.publish(topic, payload, qos=1, properties=props)
         except ValueError as exc:  # a response topic with wildcards, or an empty one
             logger.warning("cannot answer on %r: %s", topic, exc)
+
+
+def _may_answer_on(topic: str, device_id: str) -> bool:
+    """A Response Topic inside the protocol's namespace must be the requesting device's own."""
+    return not topic.startswith(f"{TOPIC_PREFIX}/") or topic.startswith(
+        f"{TOPIC_PREFIX}/{device_id}/"
+    )
 
 
 def _binary_choice(
