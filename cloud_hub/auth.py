@@ -86,17 +86,17 @@ class Authenticator:
         principal = self._keys.get(_digest(token))
         if principal is not None:
             return principal
-        if self._jwt is None:
+        if self._jwt is None or self._jwt_key is None:
             raise AuthenticationError("invalid API key")
-        return self._decode_jwt(token, self._jwt)
+        return self._decode_jwt(token, self._jwt, self._jwt_key)
 
-    def _decode_jwt(self, token: str, settings: JwtSettings) -> Principal:
+    def _decode_jwt(self, token: str, settings: JwtSettings, key: str) -> Principal:
         import jwt
 
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
-                self._jwt_key,
+                key,
                 algorithms=settings.algorithms,
                 audience=settings.audience,
                 issuer=settings.issuer,
