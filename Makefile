@@ -5,13 +5,14 @@ EXTRAS ?= all,dev
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck pytest test-all bench demo clean
+.PHONY: help venv test lint typecheck pytest test-all bench demo clean reliability
 
 help:
 	@echo "make test   - create .venv if missing, install, lint, type-check and run the tests"
 	@echo "make demo   - run the main job end to end on embedded defaults"
 	@echo "make bench  - run the benchmarks and rewrite benchmarks/RESULTS.md"
 	@echo "make test-all - the tests including those marked slow"
+	@echo "make reliability - faults, fuzzing, abuse and the 30-minute soak at full size"
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required"'
@@ -39,6 +40,12 @@ test: lint typecheck pytest
 
 test-all: venv
 	$(PY) scripts/run_pytest.py $(PYTEST_ARGS)
+
+# Full sizes of tests/reliability (CI runs them short); figures go to $(RELIABILITY_FIGURES).
+RELIABILITY_FIGURES ?= .cache/reliability/figures.jsonl
+reliability: venv
+	HYBRID_RELIABILITY_SCALE=full HYBRID_RELIABILITY_FIGURES=$(RELIABILITY_FIGURES) \
+		$(PY) -m pytest tests/reliability -m "" -s -q $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) -m benchmarks $(BENCH_ARGS)
