@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +36,7 @@ from protocols import (
     parse_topic,
 )
 from protocols.codec import deserialize_bytes_tensor, validate_message
-from tests.reliability.conftest import sized
+from tests.reliability.conftest import record, sized
 from tests.unit.protocols.strategies import tensors
 
 EXAMPLES = sized(300, 20_000)
@@ -53,13 +55,30 @@ SMALL = Limits(
 )
 
 
+TALLY = {"calls": 0, "decoded": 0, "protocol_errors": 0, "other_exceptions": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tally() -> Iterator[None]:
+    """Record how many decoder calls the module made and how they ended."""
+    yield
+    record("protocol_fuzz", examples_per_test=EXAMPLES, **TALLY)
+
+
 def decodes_or_protocol_error(decode: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a decoder; a ``ProtocolError`` is a pass (with a message and an HTTP status), any
     other exception fails the test."""
+    TALLY["calls"] += 1
     try:
-        return decode(*args, **kwargs)
+        result = decode(*args, **kwargs)
+        TALLY["decoded"] += 1
+        return result
     except ProtocolError as exc:
+        TALLY["protocol_errors"] += 1
         error = exc
+    except Exception:
+        TALLY["other_exceptions"] += 1
+        raise
     assert str(error)
     assert error.status in (400, 413)
     return None
