@@ -2,7 +2,7 @@
 
 Three-class iris on 4 qubits, two circuits: ``z_feature_map`` (reps 2) with ``real_amplitudes``
 (reps 3, full entanglement, 16 weights), and ``z_feature_map`` (reps 1) with ``efficient_su2``
-(reps 2, full, 24 weights); COBYLA for up to 300 iterations, cross-entropy loss, a stratified
+(reps 2, full, 24 weights); COBYLA for up to 1,000 iterations, cross-entropy loss, a stratified
 70/30 split; each trained for several seeds (split and initial weights), because one run of a
 VQC says little about the next. Each model is evaluated by ``quantum.evaluate``: test accuracy and
 time per sample (the whole test set in one batch, and one sample per call) for the VQC, exact
@@ -10,7 +10,7 @@ and sampled (1,024 shots) on qiskit's statevector and on qiskit-aer, against sci
 logistic regression and a 16-unit MLP trained on the same preprocessed features and split.
 Goal: the VQC's test accuracy within 10 points of the baselines.
 
-    python -m benchmarks.quantum [--seeds 0 1 2] [--iterations 300]
+    python -m benchmarks.quantum [--seeds 0 1 2] [--iterations 1000]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "bench-models" / "quantum"
 GOAL_POINTS = 10.0
 SEEDS = (0, 1, 2)
-ITERATIONS = 300
+ITERATIONS = 1000
 SIMULATORS = [
     SimulatorOptions(),
     SimulatorOptions(simulator="statevector", shots=1024, seed=0),
