@@ -332,7 +332,9 @@ class MqttBridge:
             if incoming.response_topic is None:
                 logger.warning("dropped a message on %r: %s", incoming.topic, exc)
                 return "malformed"
-            self._publish(incoming, incoming.response_topic, encode_mqtt_error(str(exc)))
+            self._publish(
+                incoming, incoming.response_topic, encode_mqtt_error(str(exc), status=exc.status)
+            )
             return "malformed"
         if not _may_answer_on(reply_to, device_id):
             # The hub may write every device's reply topic; a device may not borrow that.
@@ -342,7 +344,8 @@ class MqttBridge:
                 infer_response_topic(device_id),
                 encode_mqtt_error(
                     f"Response Topic {reply_to!r} belongs to another device or the fleet; "
-                    f"use one under {TOPIC_PREFIX}/{device_id}/ or one outside {TOPIC_PREFIX}/"
+                    f"use one under {TOPIC_PREFIX}/{device_id}/ or one outside {TOPIC_PREFIX}/",
+                    status=403,
                 ),
             )
             return "malformed"
@@ -350,7 +353,9 @@ class MqttBridge:
         try:
             decoded = decode_mqtt_request(incoming.payload, limits=self._service.limits)
         except ProtocolError as exc:
-            self._publish(incoming, reply_to, encode_mqtt_error(str(exc)), deadline_s)
+            self._publish(
+                incoming, reply_to, encode_mqtt_error(str(exc), status=exc.status), deadline_s
+            )
             return "malformed"
         request = decoded.request
         key = (device_id, request.id) if request.id else None
@@ -391,7 +396,7 @@ class MqttBridge:
                 answer.exception()  # retrieved: a repeat may never come to await it
             return "expired"
         except HubError as exc:
-            payload = encode_mqtt_error(exc.message, id=request.id)
+            payload = encode_mqtt_error(exc.message, id=request.id, status=exc.status)
             outcome = "error"
         if answer is not None and not answer.done():
             answer.set_result(payload)

@@ -99,9 +99,20 @@ class CloudTimeoutError(AgentError):
 
 
 class CloudRequestError(AgentError):
-    """The cloud answered the request with an error (for example, it has no such model)."""
+    """The cloud answered the request with an error (for example, it has no such model).
+
+    502 unless the cloud said the request itself was at fault (400, 404 or 413), which the app
+    is then told as it is: the same request would fail the same way at the edge's own API.
+    """
 
     status = 502
+    PASSED_THROUGH = frozenset({400, 404, 413})
+
+    def __init__(self, message: str, *, cloud_status: int | None = None) -> None:
+        super().__init__(message)
+        self.cloud_status = cloud_status
+        if cloud_status in self.PASSED_THROUGH:
+            self.status = cloud_status
 
 
 class InputError(AgentError):

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, StrictStr
+from pydantic import Field, StrictInt, StrictStr
 from pydantic_core import to_json
 
 from .codec import (
@@ -66,9 +66,14 @@ class MqttInferenceRequest(InferenceRequest):
 
 
 class MqttErrorResponse(ErrorResponse):
-    """``{"id": ..., "error": ...}``: the answer to a request that failed."""
+    """``{"id": ..., "error": ..., "status": ...}``: the answer to a request that failed.
+
+    ``status`` is the HTTP status the same failure gets over HTTP (400 for a bad request, 404 for
+    an unknown model...), so a gateway can tell the caller's mistakes from the cloud's troubles.
+    """
 
     id: StrictStr | None = None
+    status: Annotated[StrictInt, Field(ge=400, le=599)] | None = None
 
 
 def encode_frame(body: EncodedBody) -> bytes:
@@ -175,10 +180,12 @@ def encode_mqtt_response(
     return encode_frame(body)
 
 
-def encode_mqtt_error(error: str, *, id: str | None = None) -> bytes:
+def encode_mqtt_error(error: str, *, id: str | None = None, status: int | None = None) -> bytes:
     message: dict[str, Any] = {"error": error}
     if id is not None:
         message["id"] = id
+    if status is not None:
+        message["status"] = status
     return to_json(message)
 
 

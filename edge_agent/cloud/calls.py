@@ -44,4 +44,6 @@ def decode_answer(payload: bytes, *, model: str) -> DecodedResponse:
         ) from exc
     if isinstance(decoded, DecodedResponse):
         return decoded
-    raise CloudRequestError(f"the cloud answered for {model!r}: {decoded.error}")
+    raise CloudRequestError(
+        f"the cloud answered for {model!r}: {decoded.error}", cloud_status=decoded.status
+    )

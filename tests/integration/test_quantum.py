@@ -200,8 +200,8 @@ def test_served_to_a_device_over_mqtt_through_the_fallback_path(
                 assert list(answer.outputs["label"]) == labels
             with pytest.raises(ResponseError) as refused:
                 edge.infer("iris", {"features": np.ones((1, 3), np.float32)}, request_id="bad")
-            # The MQTT error reply carries no status; the agent answers it as a bad gateway.
-            assert refused.value.status == 502
+            # The hub's error reply says the request was bad; the agent passes that on.
+            assert refused.value.status == 400
             assert "the cloud answered for 'iris_vqc'" in refused.value.message
             assert "expects [-1, 4]" in refused.value.message
             again = edge.infer("iris", {"features": x[:1]}, request_id="after-bad")
