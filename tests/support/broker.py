@@ -49,6 +49,18 @@ def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
 
 
 @dataclass
+def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout_s``; nothing when it has already ended."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class Broker:
     """One Mosquitto process; ``stop`` and ``start`` keep its port, to test outages."""
 
@@ -83,11 +95,5 @@ class Broker:
             raise
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None

@@ -35,7 +35,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tests.support.broker import free_port, require_mosquitto, wait_for_port
+from tests.support.broker import free_port, require_mosquitto, stop_process, wait_for_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 MOSQUITTO_CONF = DEPLOY / "mosquitto" / "mosquitto.conf"
@@ -288,13 +288,7 @@ class SecureBroker:
         return self._runtime
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
 
     def close(self) -> None:
