@@ -48,7 +48,6 @@ def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
 
 
-@dataclass
 def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout_s``; nothing when it has already ended."""
     if process is None or process.poll() is not None:
@@ -61,6 +60,7 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 5.0
         process.wait()
 
 
+@dataclass
 class Broker:
     """One Mosquitto process; ``stop`` and ``start`` keep its port, to test outages."""
 
