@@ -10,7 +10,13 @@ from pathlib import Path
 from types import FrameType
 
 from .errors import DemoError
-from .options import DEFAULT_CACHE, DEFAULT_REPORT, DEFAULT_THRESHOLD, DemoOptions
+from .options import (
+    DEFAULT_CACHE,
+    DEFAULT_QUANTUM_ITERATIONS,
+    DEFAULT_REPORT,
+    DEFAULT_THRESHOLD,
+    DemoOptions,
+)
 from .processes import ChildError
 from .run import run
 
@@ -55,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="Mosquitto (MQTT 5) when installed, else the pure-Python amqtt (MQTT 3.1.1)",
     )
+    parser.add_argument(
+        "--quantum-iterations",
+        type=int,
+        default=DEFAULT_QUANTUM_ITERATIONS,
+        help="COBYLA iterations for the iris quantum classifier, trained once per value "
+        "(default %(default)s)",
+    )
     args = parser.parse_args(argv)
     try:
         options = DemoOptions(
@@ -64,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             cache_dir=args.cache_dir,
             work_dir=args.work_dir,
             broker=args.broker,
+            quantum_iterations=args.quantum_iterations,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -4,7 +4,8 @@ The accuracy against the share sent to the cloud is a replay: for a threshold t,
 edge confidence (from the edge-only pass) is under t takes the cloud-only pass's answer, the
 others the edge's, which is what the agent's ``on_low_confidence`` rule does. At the run's own
 threshold the replay must reproduce what the agent did, digit by digit; the report says whether
-it does.
+it does. The quantum classifier's accuracy is the share of the iris answers that name the
+row's class.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .quantum import QuantumModel, QuantumPass
 from .stream import Recording
 
 REPLAY_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
@@ -166,4 +168,65 @@ def summarize(recording: Recording, threshold: float) -> Summary:
         replay=table,
         curve=curve,
         replay_agrees=int(np.sum(agrees)),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantumSummary:
+    """The quantum classifier's numbers, from the answers recorded through the agent."""
+
+    agent_model: str
+    hub_model: str
+    requests: int
+    correct: int
+    cloud_answers: int
+    """Answers whose ``served_by`` is ``cloud`` (all of them, for a remote model)."""
+    latency: Latency
+    test_accuracy_at_training: float | None
+    """From the model file: ``quantum train``'s own measure on the same rows."""
+    iterations: int
+    train_samples: int
+    training_s: float
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.requests
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "experimental": True,
+            "answered_by": "the hub's quantum backend, a classical statevector simulator",
+            "agent_model": self.agent_model,
+            "hub_model": self.hub_model,
+            "requests": self.requests,
+            "correct": self.correct,
+            "accuracy": self.accuracy,
+            "cloud_answers": self.cloud_answers,
+            "latency_ms": {
+                "count": self.latency.count,
+                "p50_ms": self.latency.p50_ms,
+                "p99_ms": self.latency.p99_ms,
+            },
+            "test_accuracy_at_training": self.test_accuracy_at_training,
+            "training": {
+                "optimizer": "cobyla",
+                "iterations": self.iterations,
+                "train_samples": self.train_samples,
+                "duration_s": self.training_s,
+            },
+        }
+
+
+def summarize_quantum(recorded: QuantumPass, model: QuantumModel, hub_model: str) -> QuantumSummary:
+    return QuantumSummary(
+        agent_model=recorded.model,
+        hub_model=hub_model,
+        requests=len(recorded.labels),
+        correct=sum(p == y for p, y in zip(recorded.predictions, recorded.labels, strict=True)),
+        cloud_answers=recorded.served_by.count("cloud"),
+        latency=Latency.of(recorded.latencies_s),
+        test_accuracy_at_training=model.test_accuracy,
+        iterations=model.iterations,
+        train_samples=model.train_samples,
+        training_s=model.training_s,
     )

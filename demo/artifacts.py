@@ -3,10 +3,12 @@
     models/      edge.keras, cloud.keras, digits.npz, training.json  (``python -m demo.train``)
     artifacts/   edge/rpi4-litert-fp16/model.tflite, cloud/cloud-cpu-onnx/model.onnx, with their
                  manifest.json                                         (``model-convert build``)
+    quantum/iris-vqc-<N>it/   model.qml.json, the iris VQC trained with N COBYLA iterations
+                                                                       (``python -m quantum train``)
 
 Each folder has a ``stamp.json``: the recipe it was made from and the sha256 of every file.
-A folder whose stamp does not match (a changed training script, other sources or profiles, a
-file changed since) is made again; a new folder is built beside the old one and swapped in, so
+A folder whose stamp does not match (a changed training script, other sources, profiles or
+settings, a file changed since) is made again; a new folder is built beside the old one and swapped in, so
 an interrupted build never leaves a half-made cache.
 """
 
@@ -34,6 +36,11 @@ from .processes import Supervisor, executable
 STAMP = "stamp.json"
 TRAIN_TIMEOUT_S = 600.0
 CONVERT_TIMEOUT_S = 600.0
+QUANTUM_QUBITS = 4
+QUANTUM_SEED = 0
+QUANTUM_TEST_FRACTION = 0.3
+QUANTUM_SOURCES = ("train.py", "circuits.py", "data.py", "preprocess.py", "schema.py", "cli.py")
+"""The ``quantum`` modules whose change makes another model; a new version retrains it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,3 +194,66 @@ def load(models: Path, artifacts: Path) -> DemoModels:
         y_test=y_test,
         training=json.loads((models / "training.json").read_text()),
     )
+
+
+def quantum_train_args(iterations: int) -> list[str]:
+    """``python -m quantum train``'s flags for the demo's VQC: iris, 4 qubits, the default
+    circuit (z_feature_map reps 2, real_amplitudes reps 3 full), COBYLA, seeded."""
+    return [
+        "--dataset",
+        "iris",
+        "--features",
+        str(QUANTUM_QUBITS),
+        "--optimizer",
+        "cobyla",
+        "--max-iterations",
+        str(iterations),
+        "--seed",
+        str(QUANTUM_SEED),
+        "--test-fraction",
+        str(QUANTUM_TEST_FRACTION),
+    ]
+
+
+def quantum_recipe(iterations: int) -> str:
+    import quantum
+
+    package = Path(quantum.__file__).parent
+    parts = {
+        "args": quantum_train_args(iterations),
+        "sources": {name: _sha256(package / name) for name in QUANTUM_SOURCES},
+        "versions": {
+            name: metadata.version(name) for name in ("qiskit", "qiskit-machine-learning")
+        },
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def ensure_quantum(cache: Path, supervisor: Supervisor, iterations: int) -> tuple[Path, bool]:
+    """The folder holding the iris VQC's ``model.qml.json``, trained with the real
+    ``python -m quantum train`` (a child process: it imports qiskit, which the demo does not
+    need); and whether it came from the cache. One folder per iteration budget, so a short
+    budget (the tests') and the demo's own do not retrain each other."""
+    folder = cache / "quantum" / f"iris-vqc-{iterations}it"
+    recipe = quantum_recipe(iterations)
+    if _stamped(folder, recipe):
+        return folder, True
+    with _staging(folder) as staging:
+        supervisor.run(
+            "train-quantum",
+            [
+                sys.executable,
+                "-m",
+                "quantum",
+                "--log-level",
+                "warning",
+                "train",
+                *quantum_train_args(iterations),
+                "--out",
+                str(staging),
+            ],
+            cwd=ROOT,
+            timeout_s=TRAIN_TIMEOUT_S,
+        )
+        _swap_in(staging, folder, recipe)
+    return folder, False

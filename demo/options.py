@@ -12,6 +12,9 @@ DEFAULT_REPORT = Path("demo-report")
 DEFAULT_THRESHOLD = 0.9
 EDGE_PROFILE = "rpi4-litert-fp16"
 CLOUD_PROFILE = "cloud-cpu-onnx"
+DEFAULT_QUANTUM_ITERATIONS = 100
+"""COBYLA iterations for the iris VQC: about half a minute on a 2-core machine; the accuracy
+docs/quantum.md reports needed 1,000."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,9 +35,13 @@ class DemoOptions:
     """How long the hub and the agent may take to become ready."""
     broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
     """Mosquitto (MQTT 5) when installed, else the embedded amqtt (MQTT 3.1.1); or either one."""
+    quantum_iterations: int = DEFAULT_QUANTUM_ITERATIONS
+    """The iris VQC's training budget; each budget is trained once and cached."""
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ValueError("limit must be at least 1")
         if not 0 < self.threshold <= 1:
             raise ValueError("threshold must be in (0, 1]")
+        if self.quantum_iterations < 1:
+            raise ValueError("quantum_iterations must be at least 1")

@@ -16,20 +16,21 @@ from edge_agent.client import EdgeClient
 from edge_agent.errors import ClientError
 
 from . import analysis, artifacts, report, services
-from .analysis import Summary
+from . import quantum as quantum_demo
+from .analysis import QuantumSummary, Summary
 from .errors import DemoError
 from .options import CLOUD_PROFILE, EDGE_PROFILE, DemoOptions
 from .processes import Supervisor
 from .progress import Progress
-from .quantum import missing_reason
 from .stream import Recording, stream
 
-STEPS = 11
+STEPS = 12
 
 
 @dataclass(frozen=True, kw_only=True)
 class DemoResult:
     summary: Summary
+    quantum: QuantumSummary
     files: list[Path]
     elapsed_s: float
 
@@ -47,6 +48,13 @@ def check_requirements() -> None:
         )
     if services.find_mosquitto() is None and services.find_amqtt() is None:
         raise DemoError(services.NO_BROKER)
+    for module, extra in (("qiskit_machine_learning", "quantum"), ("sklearn", "")):
+        if importlib.util.find_spec(module) is None:
+            what = f"'hybrid-inference[{extra}]'" if extra else "scikit-learn"
+            raise DemoError(
+                f"{module} is not installed (the quantum classifier on iris needs it): "
+                f"{sys.executable} -m pip install {what}, or run `make demo`"
+            )
 
 
 def run(options: DemoOptions, progress: Progress | None = None) -> DemoResult:
@@ -86,6 +94,13 @@ def _run(options: DemoOptions, progress: Progress, work: Path, sup: Supervisor) 
             f"{models.cloud.manifest.size_bytes / 1024:.0f} KiB .onnx"
         )
         progress.note = f"cached, {sizes}" if cached else sizes
+    iterations = options.quantum_iterations
+    with progress.step(f"training the quantum classifier on iris (4 qubits, {iterations} its)"):
+        quantum_dir, cached = artifacts.ensure_quantum(options.cache_dir, sup, iterations)
+        vqc = quantum_demo.load(quantum_dir)
+        at_training = "-" if vqc.test_accuracy is None else f"{vqc.test_accuracy * 100:.0f}%"
+        trained = f"test accuracy at training {at_training}, {vqc.training_s:.0f} s to train"
+        progress.note = f"cached, {trained}" if cached else trained
     limit = min(options.limit or len(models.y_test), len(models.y_test))
     x, labels = models.x_test[:limit], [int(v) for v in models.y_test[:limit]]
 
@@ -93,9 +108,9 @@ def _run(options: DemoOptions, progress: Progress, work: Path, sup: Supervisor) 
         broker = services.start_broker(sup, work, options.start_timeout_s, options.broker)
         progress.note = str(broker)
     with progress.step("starting cloud-hub serve with its MQTT bridge"):
-        repository = services.write_repository(work / "repository", models)
+        repository = services.write_repository(work / "repository", models, vqc.path)
         hub = services.start_hub(sup, work, repository, broker, options.start_timeout_s)
-        progress.note = f"http://{hub}, model {services.HUB_MODEL}"
+        progress.note = f"http://{hub}, models {services.HUB_MODEL}, {services.QUANTUM_HUB_MODEL}"
     with progress.step(f"starting edge-agent run (on_low_confidence < {options.threshold:g})"):
         agent = services.start_agent(
             sup, work, models, broker, options.threshold, options.start_timeout_s
@@ -115,10 +130,19 @@ def _run(options: DemoOptions, progress: Progress, work: Path, sup: Supervisor) 
     except ClientError as exc:
         raise DemoError(f"the agent did not answer a digit: {exc}") from exc
     recording = Recording(labels=labels, hybrid=hybrid, edge=edge, cloud=cloud)
-
-    quantum = missing_reason()
-    quantum_line = f"not there yet ({quantum})" if quantum else "available, not called yet"
-    progress.skip("quantum classifier through the hub", quantum_line)
+    try:
+        with (
+            EdgeClient(agent) as client,
+            progress.step("the quantum classifier on iris through the agent and the hub"),
+        ):
+            iris = quantum_demo.stream(client, services.QUANTUM_MODEL, vqc)
+            quantum = analysis.summarize_quantum(iris, vqc, services.QUANTUM_HUB_MODEL)
+            progress.note = (
+                f"{quantum.requests} flowers, accuracy {quantum.accuracy * 100:.0f}%, "
+                f"p50 {quantum.latency.p50_ms:.1f} ms, {quantum.cloud_answers} in the cloud"
+            )
+    except ClientError as exc:
+        raise DemoError(f"the agent did not answer an iris row: {exc}") from exc
 
     with progress.step("stopping the agent, the hub and the broker"):
         killed = sup.stop_all()
@@ -127,10 +151,12 @@ def _run(options: DemoOptions, progress: Progress, work: Path, sup: Supervisor) 
             progress.note = f"killed after {options.stop_timeout_s:g} s: {', '.join(killed)}"
     with progress.step(f"writing the report to {options.report_dir}/"):
         summary = analysis.summarize(recording, options.threshold)
-        info = report.RunInfo(models=models, quantum=quantum_line, machine=machine())
-        files = report.write(options.report_dir, summary, recording, info)
+        info = report.RunInfo(models=models, machine=machine())
+        files = report.write(options.report_dir, summary, recording, info, quantum, iris)
     progress.line("")
     progress.line(report.summary_text(summary))
     progress.line("")
+    progress.line(report.quantum_text(quantum))
+    progress.line("")
     progress.line(f"report: {options.report_dir / report.REPORT} ({progress.elapsed_s:.0f} s)")
-    return DemoResult(summary=summary, files=files, elapsed_s=progress.elapsed_s)
+    return DemoResult(summary=summary, quantum=quantum, files=files, elapsed_s=progress.elapsed_s)

@@ -5,7 +5,9 @@ The agent serves three names, so one run yields everything the report needs:
 
 - ``digits``: the edge model, ``on_low_confidence`` fallback to the hub's ``digits-cloud``;
 - ``digits-edge-only``: the same file, never handed over (the edge-only baseline);
-- ``digits-cloud-only``: a remote model, always answered by ``digits-cloud`` (the cloud baseline).
+- ``digits-cloud-only``: a remote model, always answered by ``digits-cloud`` (the cloud baseline);
+- ``iris``: a remote model, always answered by ``iris_vqc``, the hub's experimental quantum
+  classifier (no such model is on the device).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ HYBRID_MODEL = "digits"
 EDGE_ONLY_MODEL = "digits-edge-only"
 CLOUD_ONLY_MODEL = "digits-cloud-only"
 HUB_MODEL = "digits-cloud"
+QUANTUM_MODEL = "iris"
+QUANTUM_HUB_MODEL = "iris_vqc"
+QUANTUM_DEADLINE_S = 10.0
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "output_0"
 DEVICE_ID = "demo-device"
@@ -139,8 +144,20 @@ def start_broker(
     return info
 
 
-def write_repository(root: Path, models: DemoModels) -> Path:
-    """A one-model repository in Triton's layout: the cloud ONNX artifact as ``digits-cloud``."""
+def write_repository(root: Path, models: DemoModels, quantum_model: Path) -> Path:
+    """A repository in Triton's layout: the cloud ONNX artifact as ``digits-cloud`` and the
+    quantum classifier's ``model.qml.json`` as ``iris_vqc`` (the ``quantum`` backend, exact
+    statevector simulation)."""
+    vqc = root / QUANTUM_HUB_MODEL
+    (vqc / "1").mkdir(parents=True)
+    shutil.copyfile(quantum_model, vqc / "1" / quantum_model.name)
+    vqc_config = {
+        "backend": "quantum",
+        "max_batch_size": 16,
+        "dynamic_batching": {"max_queue_delay_us": 1000},
+        "parameters": {"simulator": "statevector"},
+    }
+    (vqc / "config.yaml").write_text(yaml.safe_dump(vqc_config, sort_keys=False))
     folder = root / HUB_MODEL
     (folder / "1").mkdir(parents=True)
     shutil.copyfile(models.cloud.path, folder / "1" / "model.onnx")
@@ -232,7 +249,14 @@ def agent_config(
             "broker": broker.address,
             "protocol": broker.protocol,
             "telemetry_interval_s": 0,
-            "remote_models": [{"name": CLOUD_ONLY_MODEL, "cloud_model": HUB_MODEL}],
+            "remote_models": [
+                {"name": CLOUD_ONLY_MODEL, "cloud_model": HUB_MODEL},
+                {
+                    "name": QUANTUM_MODEL,
+                    "cloud_model": QUANTUM_HUB_MODEL,
+                    "deadline_s": QUANTUM_DEADLINE_S,
+                },
+            ],
         },
     }
 
