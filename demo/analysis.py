@@ -184,7 +184,8 @@ class QuantumSummary:
     latency: Latency
     test_accuracy_at_training: float | None
     """From the model file: ``quantum train``'s own measure on the same rows."""
-    iterations: int
+    max_iterations: int
+    evaluations: int | None
     train_samples: int
     training_s: float
 
@@ -210,7 +211,8 @@ class QuantumSummary:
             "test_accuracy_at_training": self.test_accuracy_at_training,
             "training": {
                 "optimizer": "cobyla",
-                "iterations": self.iterations,
+                "max_iterations": self.max_iterations,
+                "loss_evaluations": self.evaluations,
                 "train_samples": self.train_samples,
                 "duration_s": self.training_s,
             },
@@ -226,7 +228,8 @@ def summarize_quantum(recorded: QuantumPass, model: QuantumModel, hub_model: str
         cloud_answers=recorded.served_by.count("cloud"),
         latency=Latency.of(recorded.latencies_s),
         test_accuracy_at_training=model.test_accuracy,
-        iterations=model.iterations,
+        max_iterations=model.max_iterations,
+        evaluations=model.evaluations,
         train_samples=model.train_samples,
         training_s=model.training_s,
     )

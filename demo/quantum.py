@@ -34,8 +34,10 @@ class QuantumModel:
 
     path: Path
     classes: list[str]
-    iterations: int
     max_iterations: int
+    """The COBYLA budget."""
+    evaluations: int | None
+    """Loss evaluations COBYLA made (it may pass the budget by a few)."""
     train_samples: int
     test_accuracy: float | None
     """Measured by ``quantum train`` on the same held-out rows, in-process, at training."""
@@ -70,8 +72,8 @@ def load(folder: Path) -> QuantumModel:
     return QuantumModel(
         path=path,
         classes=list(model.classes),
-        iterations=record.iterations or record.max_iterations,
         max_iterations=record.max_iterations,
+        evaluations=record.iterations,
         train_samples=record.train_samples,
         test_accuracy=model.metrics.test_accuracy,
         training_s=record.duration_s,

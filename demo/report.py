@@ -115,6 +115,10 @@ def _at_training(quantum: QuantumSummary) -> str:
     return "not recorded" if value is None else _pct(value)
 
 
+def _evaluations(quantum: QuantumSummary) -> str:
+    return "" if quantum.evaluations is None else f" ({quantum.evaluations} loss evaluations)"
+
+
 def quantum_text(quantum: QuantumSummary) -> str:
     """The quantum classifier's lines printed at the end of a run."""
     return (
@@ -122,7 +126,7 @@ def quantum_text(quantum: QuantumSummary) -> str:
         f"rows through the agent, {quantum.cloud_answers} answered in the cloud\n"
         f"accuracy {_pct(quantum.accuracy)} ({quantum.correct}/{quantum.requests}), "
         f"{_at_training(quantum)} on the same rows at training "
-        f"({quantum.iterations} COBYLA iterations)\n"
+        f"({quantum.max_iterations} COBYLA iterations)\n"
         f"latency p50 {_ms(quantum.latency.p50_ms)} ms, p99 {_ms(quantum.latency.p99_ms)} ms"
     )
 
@@ -145,8 +149,8 @@ def quantum_markdown(quantum: QuantumSummary) -> str:
     return f"""## The quantum classifier (experimental)
 
 A variational quantum classifier on scikit-learn's iris: 4 qubits, qiskit-machine-learning's
-VQC, {quantum.iterations} COBYLA iterations on {quantum.train_samples} training rows
-({quantum.training_s:.0f} s to train), served by the hub's `quantum` backend as
+VQC, {quantum.max_iterations} COBYLA iterations{_evaluations(quantum)} on
+{quantum.train_samples} training rows ({quantum.training_s:.0f} s to train), served by the hub's `quantum` backend as
 `{quantum.hub_model}`. The circuit runs on a classical statevector simulator in the hub, not on
 quantum hardware. The agent has no iris model on the device: `{quantum.agent_model}` is a remote
 model that it hands to the hub over MQTT. One request per held-out row (the test split the

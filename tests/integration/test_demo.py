@@ -3,7 +3,9 @@ a report whose every number follows from the answers it recorded, and nothing le
 whether the run ends or is interrupted.
 
 The models come from ``.cache/demo`` (the demo's own cache); when it is empty the first run
-trains and converts them (about half a minute; needs TensorFlow and scikit-learn).
+trains and converts them (about half a minute; needs TensorFlow and scikit-learn). The iris
+quantum classifier is trained with a short budget (``QUANTUM_ITERATIONS``, a few seconds), cached
+there beside the demo's own; it is not a model to use, only one to check the report against.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ CACHE = ROOT / ".cache" / "demo"
 STREAM = 60
 THRESHOLD = 0.9
 RUN_TIMEOUT_S = 300
+QUANTUM_ITERATIONS = 15
 
 
 def _require(module: str, why: str) -> None:
@@ -46,6 +49,8 @@ def _require(module: str, why: str) -> None:
 def requirements() -> None:
     require_mosquitto()
     _require("matplotlib", "the demo's plots")
+    _require("qiskit_machine_learning", "the demo's quantum classifier")
+    _require("sklearn", "for iris")
     from demo.artifacts import training_recipe
 
     cached = (CACHE / "models" / "stamp.json").is_file() and training_recipe() in (
@@ -67,6 +72,8 @@ def demo_command(tmp_path: Path, *args: str) -> list[str]:
         str(tmp_path / "work"),
         "--cache-dir",
         str(CACHE),
+        "--quantum-iterations",
+        str(QUANTUM_ITERATIONS),
         *args,
     ]
 
@@ -123,7 +130,7 @@ def test_a_short_stream_writes_a_report_computed_from_its_answers(
     output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
     assert process.returncode == 0, output
     assert f"replay agrees on {STREAM}/{STREAM}" in output
-    assert "quantum classifier through the hub: not there yet" in output
+    assert "the quantum classifier on iris through the agent and the hub" in output
     assert processes_under(tmp_path / "work") == []
 
     report = tmp_path / "report"
@@ -181,6 +188,61 @@ def test_a_short_stream_writes_a_report_computed_from_its_answers(
     assert hybrid_pct in markdown
     assert f"| at the edge | {len(at_edge)} | {summary['edge_share'] * 100:.1f}% |" in markdown
     assert "![latency](latency.png)" in markdown
+
+    check_quantum_section(report, summary["quantum"], markdown, output)
+
+
+def check_quantum_section(
+    report: Path, quantum: dict[str, Any], markdown: str, output: str
+) -> None:
+    """The iris answers came from the hub's VQC through the agent, on the model's own held-out
+    rows, and every quantum number of the report follows from them."""
+    from quantum.data import load_dataset, split_dataset
+    from quantum.inference import QuantumClassifier
+    from quantum.schema import load_model_file
+
+    model_path = CACHE / "quantum" / f"iris-vqc-{QUANTUM_ITERATIONS}it" / "model.qml.json"
+    model = load_model_file(model_path)
+    record = model.training
+    assert (record.seed, record.max_iterations) == (0, QUANTUM_ITERATIONS)
+    split = split_dataset(
+        load_dataset("iris"), test_fraction=record.test_fraction, seed=record.seed
+    )
+    rows = read_answers(report / "iris-answers.csv")
+    assert len(rows) == record.test_samples == len(split.y_test)
+    assert [r["label"] for r in rows] == [str(v) for v in split.y_test]
+    sent = np.asarray([[float(v) for v in r["features"].split()] for r in rows])
+    np.testing.assert_allclose(sent, split.x_test, rtol=1e-6)
+    assert {(r["served_by"], r["cloud_model"]) for r in rows} == {("cloud", "iris_vqc")}
+
+    # The hub's answers are the model file's, computed here in-process on the same rows.
+    expected = QuantumClassifier.load(model_path).predict_proba(sent.astype(np.float32))
+    assert [r["prediction"] for r in rows] == [model.classes[i] for i in expected.argmax(1)]
+    np.testing.assert_allclose(
+        [float(r["probability"]) for r in rows], expected.max(axis=1), atol=1e-5
+    )
+
+    correct = sum(r["prediction"] == r["label"] for r in rows)
+    assert quantum["experimental"] is True
+    assert (quantum["agent_model"], quantum["hub_model"]) == ("iris", "iris_vqc")
+    assert (quantum["requests"], quantum["correct"]) == (len(rows), correct)
+    assert quantum["cloud_answers"] == len(rows)
+    assert quantum["accuracy"] == pytest.approx(correct / len(rows))
+    assert quantum["test_accuracy_at_training"] == model.metrics.test_accuracy
+    assert quantum["training"]["max_iterations"] == QUANTUM_ITERATIONS
+    assert quantum["training"]["loss_evaluations"] == record.iterations
+    latencies = [float(r["latency_ms"]) for r in rows]
+    assert quantum["latency_ms"]["count"] == len(rows)
+    assert quantum["latency_ms"]["p50_ms"] == pytest.approx(np.percentile(latencies, 50), abs=1e-3)
+    assert quantum["latency_ms"]["p99_ms"] == pytest.approx(np.percentile(latencies, 99), abs=1e-3)
+
+    pct = f"{correct / len(rows) * 100:.1f}%"
+    assert "## The quantum classifier (experimental)" in markdown
+    assert f"| `iris` on the agent | {len(rows)} | {correct} | {pct} | {len(rows)} |" in markdown
+    assert f"{model.metrics.test_accuracy * 100:.1f}%" in markdown
+    assert "simulator" in markdown
+    assert f"{len(rows)} flowers, accuracy {correct / len(rows) * 100:.0f}%" in output
+    assert f"accuracy {pct} ({correct}/{len(rows)})" in output
 
 
 def test_an_interrupt_mid_run_stops_every_process(run_demo: Any, tmp_path: Path) -> None:
