@@ -35,11 +35,6 @@ class Progress:
         note = f" ({self.note})" if self.note else ""
         self._write(f"{time.monotonic() - start:.1f} s{note}\n")
 
-    def skip(self, title: str, why: str) -> None:
-        """A step that cannot be done yet, on one line."""
-        self._done += 1
-        self._write(f"[{self._done}/{self._total}] {title}: {why}\n")
-
     def line(self, text: str) -> None:
         self._write(text + "\n")
 
