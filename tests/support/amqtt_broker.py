@@ -31,6 +31,6 @@ class AmqttBroker(Broker):
             "plugins:\n"
             "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
         )
-        log = (self.workdir / "amqtt.log").open("ab")
-        self.process = subprocess.Popen([command, "-c", str(conf)], stdout=log, stderr=log)
+        with (self.workdir / "amqtt.log").open("ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen([command, "-c", str(conf)], stdout=log, stderr=log)
         wait_for_port(self.port)

@@ -86,8 +86,8 @@ class Broker:
             "log_type error\n"
             "log_type warning\n"
         )
-        log = (self.workdir / "mosquitto.log").open("ab")
-        self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+        with (self.workdir / "mosquitto.log").open("ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
         try:
             wait_for_port(self.port)
         except TimeoutError:

@@ -70,10 +70,10 @@ class HubProcess:
             conf = self.workdir / "hub.yaml"
             conf.write_text(yaml.safe_dump(json.loads(json.dumps(self.config))))
             args += ["--config", str(conf)]
-        log = (self.workdir / "hub.log").open("ab")
-        self.process = subprocess.Popen(
-            args, stdout=log, stderr=log, env={**os.environ, **self.env}
-        )
+        with (self.workdir / "hub.log").open("ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=log, env={**os.environ, **self.env}
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -267,8 +267,8 @@ class SecureBroker:
                 data=data,
             )
         )
-        log = (self.workdir / "mosquitto.log").open("ab")
-        self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+        with (self.workdir / "mosquitto.log").open("ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
         try:
             wait_for_port(self.device_port)
             wait_for_port(self.hub_port)
