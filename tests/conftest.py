@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker
+from tests.support.fallback import start_mqtt_hub
+from tests.support.hub import HubProcess
 
 
 @pytest.fixture
@@ -29,3 +31,19 @@ def make_broker(tmp_path: Path) -> Iterator[Callable[[], Broker]]:
 @pytest.fixture
 def broker(make_broker: Callable[[], Broker]) -> Broker:
     return make_broker()
+
+
+@pytest.fixture
+def hubs(repository: Path, tmp_path: Path) -> Iterator[Callable[[Broker], HubProcess]]:
+    """Factory of hubs serving the module's ``repository``, each with its MQTT bridge connected
+    to the given broker; every one is stopped at the end of the test."""
+    started: list[HubProcess] = []
+
+    def start(broker: Broker) -> HubProcess:
+        hub = start_mqtt_hub(repository, tmp_path / f"hub{len(started)}", broker)
+        started.append(hub)
+        return hub
+
+    yield start
+    for hub in started:
+        hub.stop()

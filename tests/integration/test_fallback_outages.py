@@ -25,7 +25,6 @@ from tests.support.fallback import (
     AgentProcess,
     fallback_repository,
     hub_metric,
-    start_mqtt_hub,
 )
 from tests.support.hub import HubProcess
 from tests.support.models import DigitsModels, ensure_digits_models, require
@@ -40,20 +39,6 @@ WIDTH = 4
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     digits: DigitsModels = require(ensure_digits_models)
     return fallback_repository(tmp_path_factory.mktemp("repo"), digits)
-
-
-@pytest.fixture
-def hubs(repository: Path, tmp_path: Path) -> Iterator[Callable[[Broker], HubProcess]]:
-    started: list[HubProcess] = []
-
-    def start(broker: Broker) -> HubProcess:
-        hub = start_mqtt_hub(repository, tmp_path / f"hub{len(started)}", broker)
-        started.append(hub)
-        return hub
-
-    yield start
-    for hub in started:
-        hub.stop()
 
 
 @pytest.fixture

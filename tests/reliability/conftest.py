@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 
 from tests.support import onnx_models
-from tests.support.broker import Broker
-from tests.support.fallback import AgentProcess, start_mqtt_hub
-from tests.support.hub import HubProcess, add_model
+from tests.support.fallback import AgentProcess
+from tests.support.hub import add_model
 
 FULL = os.environ.get("HYBRID_RELIABILITY_SCALE", "ci").lower() == "full"
 DEVICE_ID = "reliability-device"
@@ -65,21 +64,6 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         onnx_models.add_sub,
     )
     return repo
-
-
-@pytest.fixture
-def hubs(repository: Path, tmp_path: Path) -> Iterator[Callable[[Broker], HubProcess]]:
-    """Started hubs whose MQTT bridge is connected to the given broker."""
-    started: list[HubProcess] = []
-
-    def start(broker: Broker) -> HubProcess:
-        hub = start_mqtt_hub(repository, tmp_path / f"hub{len(started)}", broker)
-        started.append(hub)
-        return hub
-
-    yield start
-    for hub in started:
-        hub.stop()
 
 
 def agent_config(broker_address: str, **cloud: Any) -> dict[str, Any]:
