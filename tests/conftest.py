@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.broker import Broker
-from tests.support.fallback import start_mqtt_hub
-from tests.support.hub import HubProcess
+
+if TYPE_CHECKING:
+    from tests.support.hub import HubProcess
 
 
 @pytest.fixture
@@ -37,6 +39,9 @@ def broker(make_broker: Callable[[], Broker]) -> Broker:
 def hubs(repository: Path, tmp_path: Path) -> Iterator[Callable[[Broker], HubProcess]]:
     """Factory of hubs serving the module's ``repository``, each with its MQTT bridge connected
     to the given broker; every one is stopped at the end of the test."""
+    # Imported here: the light edge venv runs these tests without ONNX or the hub.
+    from tests.support.fallback import start_mqtt_hub
+
     started: list[HubProcess] = []
 
     def start(broker: Broker) -> HubProcess:
