@@ -512,17 +512,6 @@ COMMANDS = {
 }
 
 
-def _error_json(exc: ConversionError) -> dict[str, Any]:
-    error: dict[str, Any] = {
-        "kind": type(exc).__name__,
-        "message": exc.message,
-        "exit_code": exc.exit_code,
-    }
-    if isinstance(exc, ValidationFailedError):
-        error["reports"] = {k: v.model_dump(mode="json") for k, v in exc.reports.items()}
-    return {"error": error}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = (
@@ -542,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
             return COMMANDS[args.command](args, out)
         except ConversionError as exc:
             if use_json:
-                _print_json(out, _error_json(exc))
+                _print_json(out, {"error": exc.as_json()})
             print(f"{PROG}: error: {exc.message}", file=sys.stderr)
             return exc.exit_code
         except KeyboardInterrupt:

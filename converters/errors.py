@@ -20,7 +20,7 @@ message that names the profile or file, never a bare library traceback.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from protocols import ValidationReport
@@ -45,6 +45,10 @@ class ConversionError(Exception):
     def __init__(self, message: str) -> None:
         self.message = message
         super().__init__(message)
+
+    def as_json(self) -> dict[str, Any]:
+        """What ``--json`` output and conversion jobs report of the failure."""
+        return {"kind": type(self).__name__, "message": self.message, "exit_code": self.exit_code}
 
 
 class ProfileError(ConversionError):
@@ -74,6 +78,12 @@ class ValidationFailedError(ConversionError):
         super().__init__(message)
         self.reports = dict(reports)
         """Profile name -> its report, for every profile validated (passed or not)."""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            **super().as_json(),
+            "reports": {k: v.model_dump(mode="json") for k, v in self.reports.items()},
+        }
 
 
 EXIT_CODES: dict[int, str] = {

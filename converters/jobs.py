@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConversionError, ValidationFailedError
+from .errors import ConversionError
 
 __all__ = ["CALIBRATION_MEMBER", "SAMPLES_MEMBER", "JobSpec", "init_worker", "run_job"]
 
@@ -92,14 +92,7 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
             progress=lambda step, fraction: _write_progress(spec.progress_file, step, fraction),
         )
     except ConversionError as exc:
-        error: dict[str, Any] = {
-            "kind": type(exc).__name__,
-            "message": exc.message,
-            "exit_code": exc.exit_code,
-        }
-        if isinstance(exc, ValidationFailedError):
-            error["reports"] = {k: v.model_dump(mode="json") for k, v in exc.reports.items()}
-        return {"ok": False, "error": error}
+        return {"ok": False, "error": exc.as_json()}
     except Exception as exc:
         logger.exception("conversion job failed unexpectedly")
         return {
