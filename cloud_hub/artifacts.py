@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -38,13 +37,12 @@ from protocols import MANIFEST_FILENAME, RELEASE_FILENAME
 from .access import Access
 from .auth import Principal
 from .errors import HubError, UnavailableError
+from .model_config import NAME
 from .settings import HubSettings
 
 __all__ = ["ArtifactNotFoundError", "ArtifactStore", "router", "scope_check", "store_root"]
 
 logger = logging.getLogger(__name__)
-
-PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class ArtifactNotFoundError(HubError):
@@ -84,7 +82,7 @@ class ArtifactStore:
 
     def versions(self, name: str) -> list[int]:
         folder = self.root / name
-        if not PART.match(name) or not folder.is_dir():
+        if not NAME.match(name) or not folder.is_dir():
             return []
         return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
 
@@ -112,7 +110,7 @@ class ArtifactStore:
             return []
         found: list[dict[str, Any]] = []
         for model in sorted(self.root.iterdir()):
-            if not PART.match(model.name) or (name is not None and model.name != name):
+            if not NAME.match(model.name) or (name is not None and model.name != name):
                 continue
             for version in sorted(self.versions(model.name), reverse=True):
                 folder = model / str(version)
@@ -130,7 +128,7 @@ class ArtifactStore:
     @staticmethod
     def _entry(name: str, version: int, folder: Path) -> dict[str, Any] | None:
         manifest_path = folder / MANIFEST_FILENAME
-        if not PART.match(folder.name) or not manifest_path.is_file():
+        if not NAME.match(folder.name) or not manifest_path.is_file():
             return None
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -162,7 +160,7 @@ class ArtifactStore:
         """The file at ``<name>/<version>/<file>``, or 404; never a path outside the store."""
         parts = [name, version, *file.split("/")]
         missing = ArtifactNotFoundError(f"no artifact file {name}/{version}/{file}")
-        if not version.isdigit() or len(parts) > 8 or not all(PART.match(p) for p in parts):
+        if not version.isdigit() or len(parts) > 8 or not all(NAME.match(p) for p in parts):
             raise missing
         root = self.root.resolve()
         path = root.joinpath(*parts).resolve()

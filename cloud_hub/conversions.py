@@ -25,7 +25,6 @@ import enum
 import json
 import logging
 import multiprocessing
-import re
 import shutil
 import time
 import uuid
@@ -50,7 +49,7 @@ from .errors import (
     PayloadTooLargeError,
     QueueFullError,
 )
-from .model_config import load_model_config
+from .model_config import NAME, load_model_config
 from .repository import ModelRepository
 from .settings import HubSettings
 
@@ -59,7 +58,6 @@ __all__ = ["ConversionService", "Job", "JobState", "router"]
 logger = logging.getLogger(__name__)
 
 UPLOAD_SUFFIXES = (".keras", ".h5", ".onnx", ".zip", ".tar", ".tar.gz", ".tgz")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 BACKEND_OF_FORMAT = {"tflite": "tflite", "onnx": "onnxruntime", "tensorrt": "tensorrt"}
 STALE_WORK_S = 24 * 3600.0
 WRITE_CHUNK_BYTES = 1 << 20

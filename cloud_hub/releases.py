@@ -46,8 +46,9 @@ from protocols import (
 )
 
 from .access import Access
-from .artifacts import PART, ArtifactStore, scope_check, store_root
+from .artifacts import ArtifactStore, scope_check, store_root
 from .errors import BadRequestError, HubError, PayloadTooLargeError
+from .model_config import NAME
 from .settings import HubSettings
 
 __all__ = ["Announcer", "ReleaseConflictError", "ReleaseStore", "router"]
@@ -116,7 +117,7 @@ class ReleaseStore:
                 f"the release expired at {release.signed.expires_at.isoformat()}; sign it again"
             )
         for part in (manifest.name, manifest.version, manifest.profile):
-            if not PART.match(part):
+            if not NAME.match(part):
                 raise BadRequestError(f"release names {part!r}, which cannot be a store folder")
         root = self.store.ensure()
         target = root / manifest.name / manifest.version / manifest.profile
@@ -165,7 +166,7 @@ class ReleaseStore:
         if not root.is_dir():
             return {}
         for model in sorted(root.iterdir()):
-            if not PART.match(model.name):
+            if not NAME.match(model.name):
                 continue
             for version in self.store.versions(model.name):
                 for folder in sorted((model / str(version)).iterdir()):
@@ -199,7 +200,7 @@ def _read_manifest(folder: Path) -> Any:
 
 def _read_release(folder: Path) -> dict[str, Any] | None:
     path = folder / RELEASE_FILENAME
-    if not PART.match(folder.name) or not path.is_file():
+    if not NAME.match(folder.name) or not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -30,13 +29,12 @@ from .backends.base import MODEL_FILES, Backend, BackendOptions, TensorSpec, loa
 from .batcher import DynamicBatcher
 from .errors import BadRequestError, ConfigError, HubError, ModelLoadError, ModelNotFoundError
 from .metrics import HubMetrics, VersionStats
-from .model_config import DynamicBatching, ModelConfig, TensorConfig, load_model_config
+from .model_config import NAME, DynamicBatching, ModelConfig, TensorConfig, load_model_config
 
 __all__ = ["LoadedVersion", "ModelRepository", "ModelState"]
 
 logger = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 PLATFORMS = {
     "onnxruntime": "onnxruntime_onnx",
@@ -242,7 +240,7 @@ class ModelRepository:
 
     def folder(self, name: str) -> Path:
         """The model's folder, refusing names that would leave the repository."""
-        if not _NAME.match(name):
+        if not NAME.match(name):
             raise ModelNotFoundError(f"no model named {name!r} in the repository")
         path = (self.root / name).resolve()
         if path.parent != self.root or not (path / "config.yaml").is_file():
