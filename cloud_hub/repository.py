@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,10 +96,13 @@ class LoadedVersion:
     cache: _ResponseCache | None = None
     _input_map: dict[str, TensorConfig] = field(default_factory=dict)
     _output_names: set[str] = field(default_factory=set)
+    _validate: Callable[[Mapping[str, np.ndarray[Any, Any]]], None] | None = None
 
     def __post_init__(self) -> None:
         self._input_map = {t.name: t for t in self.inputs}
         self._output_names = {t.name for t in self.outputs}
+        # Value checks a backend needs per request, before batching (optional in the protocol).
+        self._validate = getattr(self.backend, "validate", None)
 
     @property
     def platform(self) -> str:
@@ -157,9 +160,8 @@ class LoadedVersion:
                 if batch is not None and shape[0] != batch:
                     raise BadRequestError("all inputs must have the same batch size")
                 batch = shape[0]
-        validate = getattr(self.backend, "validate", None)
-        if validate is not None:  # value checks a backend needs, per request (before batching)
-            validate(tensors)
+        if self._validate is not None:
+            self._validate(tensors)
 
     def check_outputs(self, names: list[str]) -> None:
         for name in names:
