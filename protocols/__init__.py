@@ -7,6 +7,8 @@
 - :mod:`protocols.messages`: device status and telemetry.
 - :mod:`protocols.manifest`: the manifest of a converted model artifact.
 - :mod:`protocols.announcement`: signed model releases and fleet announcements.
+- :mod:`protocols.classification`: Triton's classification extension (top-k classes).
+- :mod:`protocols.names`: model name and version patterns, the artifact file per format.
 - :mod:`protocols.errors`: one error per kind of bad input; :mod:`protocols.limits`: size limits.
 
 This package does no I/O and imports nothing else of the project.
@@ -21,6 +23,7 @@ from .announcement import (
     parse_release_version,
     release_signing_bytes,
 )
+from .classification import CLASSIFICATION, classification_counts, classify, parse_classification
 from .codec import (
     BINARY_DATA,
     BINARY_DATA_OUTPUT,
@@ -87,6 +90,16 @@ from .manifest import (
     canonical_json,
 )
 from .messages import DeviceState, DeviceStatus, Telemetry
+from .names import (
+    ARTIFACT_FILES,
+    MODEL_NAME,
+    MODEL_NAME_PATTERN,
+    VERSION,
+    VERSION_PATTERN,
+    artifact_file,
+    is_model_name,
+    is_version,
+)
 from .oip import (
     ErrorResponse,
     InferenceRequest,
@@ -115,9 +128,11 @@ from .topics import (
 PROTOCOL_VERSION = "v1"
 
 __all__ = [
+    "ARTIFACT_FILES",
     "BINARY_DATA",
     "BINARY_DATA_OUTPUT",
     "BINARY_DATA_SIZE",
+    "CLASSIFICATION",
     "CONTENT_TYPE_FRAME",
     "CONTENT_TYPE_JSON",
     "DEFAULT_LIMITS",
@@ -125,8 +140,12 @@ __all__ = [
     "HEADER_LENGTH_HEADER",
     "MANIFEST_FILENAME",
     "MANIFEST_SCHEMA_VERSION",
+    "MODEL_NAME",
+    "MODEL_NAME_PATTERN",
     "PROTOCOL_VERSION",
     "RELEASE_FILENAME",
+    "VERSION",
+    "VERSION_PATTERN",
     "ArtifactFormat",
     "ArtifactManifest",
     "BinaryFormatError",
@@ -178,7 +197,10 @@ __all__ = [
     "TopicKind",
     "ValidationReport",
     "ValueOverflowError",
+    "artifact_file",
     "canonical_json",
+    "classification_counts",
+    "classify",
     "content_type_of",
     "datatype_of",
     "decode_mqtt_request",
@@ -194,6 +216,9 @@ __all__ = [
     "fleet_models_topic",
     "infer_request_topic",
     "infer_response_topic",
+    "is_model_name",
+    "is_version",
+    "parse_classification",
     "parse_datatype",
     "parse_header_length",
     "parse_release_version",

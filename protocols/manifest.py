@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from .datatypes import Datatype
+from .names import MODEL_NAME_PATTERN, VERSION_PATTERN, ArtifactFormat
 from .topics import validate_device_id
 
 __all__ = [
@@ -46,7 +47,6 @@ __all__ = [
 MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_FILENAME = "manifest.json"
 
-ArtifactFormat = Literal["tflite", "onnx", "tensorrt"]
 Precision = Literal["fp32", "fp16", "int8-dynamic", "int8"]
 """``int8-dynamic``: int8 weights, float activations and I/O; ``int8``: integer throughout."""
 SourceFormat = Literal["keras", "saved_model", "onnx"]
@@ -178,13 +178,13 @@ class SmokeTest(_Part):
 
 class ArtifactManifest(_Part):
     schema_version: Literal[1] = 1
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
-    version: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    name: Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+    version: Annotated[str, Field(pattern=VERSION_PATTERN)]
     profile: Annotated[str, Field(min_length=1)]
     device_class: Annotated[str, Field(min_length=1, max_length=64)]
     format: ArtifactFormat
     precision: Precision
-    file: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    file: Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
     """The artifact's file name, in the same folder as the manifest."""
     sha256: Sha256
     size_bytes: Annotated[int, Field(ge=0)]
