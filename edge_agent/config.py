@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from protocols import Limits, validate_device_id
+from protocols import MODEL_NAME_PATTERN, VERSION_PATTERN, Limits, validate_device_id
 
 from .addresses import TcpAddress, UnixAddress, parse_address
 from .errors import ConfigError
@@ -56,8 +56,6 @@ ENV_PREFIX = "HYBRID_AGENT_"
 CONFIG_FILE_ENV = "HYBRID_AGENT_CONFIG"
 """Names the config file when ``--config`` is not given; not itself a setting."""
 NESTED_DELIMITER = "__"
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
-VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 _DISABLED = {"", "none", "null", "off", "disabled"}
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]

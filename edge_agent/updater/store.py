@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from protocols import RELEASE_FILENAME, SignedRelease
+from protocols import RELEASE_FILENAME, SignedRelease, artifact_file
 
 from ..config import ModelConfig
 from .verify import file_sha256
@@ -38,7 +38,8 @@ __all__ = ["MODEL_FILENAME", "ModelStore", "Pointer", "Recovered", "UpdateState"
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILENAME = "model.tflite"
+MODEL_FILENAME = artifact_file("tflite")
+"""``model.tflite``: the name every process gives a TFLite artifact."""
 PART_SUFFIX = ".part"
 STAGING = ".staging"
 POINTER = "current"
