@@ -1,23 +1,29 @@
 """Errors of the edge agent: one root, one subclass per category of failure.
 
 ``status`` is the HTTP status the local API answers with, so one handler maps the whole tree onto
-``{"error": "..."}``. Third-party failures (an interpreter's ``ValueError``, a socket's
+``{"error": "..."}``; ``kind`` is the ``error`` label a failed request is counted under in
+``edge_agent_request_errors_total``, declared here so the router needs no list of classes. Third-party failures (an interpreter's ``ValueError``, a socket's
 ``OSError``) are wrapped where they happen, so a caller never sees a bare library traceback for a
 known failure; the original stays on ``__cause__``.
 
-    AgentError                       (status 500)
+    AgentError                       (status 500, kind inference)
      ├── ConfigError                 bad configuration file, environment variable or address
      ├── RuntimeUnavailableError     no TFLite interpreter package can be imported
      ├── ModelLoadError              model file missing, corrupt, or with an unsupported tensor
-     ├── ModelNotFoundError          no model (or model version) by that name (404)
-     ├── UnavailableError            the agent is draining or busy (503)
+     ├── ModelNotFoundError          no model (or model version) by that name (404, not_found)
+     ├── UnavailableError            the agent is draining or busy (503, unavailable)
      │    ├── ModelNotReadyError     the model is loading, or failed to load: carries the reason
+     │    │                          (not_ready)
      │    ├── CloudUnavailableError  the cloud is out of reach: no broker, breaker open, link full
+     │    │                          (cloud_unavailable)
      │    └── OutboxFullError        the on-disk outbox holds as many requests as it may
-     ├── InputError                  inputs that do not fit the model: names, datatypes, shapes (400)
+     │                               (outbox_full)
+     ├── InputError                  inputs that do not fit the model: names, datatypes, shapes
+     │                               (400, bad_input)
      ├── InferenceError              the interpreter failed while running the model
-     ├── CloudTimeoutError           the cloud did not answer within the request's deadline (504)
-     ├── CloudRequestError           the cloud answered ``{"error": ...}`` (502)
+     ├── CloudTimeoutError           the cloud did not answer within the request's deadline
+     │                               (504, cloud_timeout)
+     ├── CloudRequestError           the cloud answered ``{"error": ...}`` (502, cloud_error)
      ├── HttpRequestError            an HTTP request the local API cannot route or read (404, 405, 411)
      └── ClientError                 raised by :class:`edge_agent.client.EdgeClient`
           ├── ResponseError          the agent answered ``{"error": ...}``; carries the status
@@ -26,6 +32,8 @@ known failure; the original stays on ``__cause__``.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 __all__ = [
     "AgentError",
@@ -53,6 +61,8 @@ class AgentError(Exception):
     """Root of every error the edge agent raises. ``str(err)`` is safe to show a caller."""
 
     status: int = 500
+    kind: ClassVar[str] = "inference"
+    """The ``error`` label of ``edge_agent_request_errors_total`` for a request that fails so."""
 
 
 class ConfigError(AgentError):
@@ -71,31 +81,40 @@ class ModelNotFoundError(AgentError):
     """No model by that name, or the model does not serve the version asked for."""
 
     status = 404
+    kind = "not_found"
 
 
 class UnavailableError(AgentError):
     """The agent cannot take the request now (draining, or every worker busy); retry later."""
 
     status = 503
+    kind = "unavailable"
 
 
 class ModelNotReadyError(UnavailableError):
     """The model is configured but not serving: still loading, or its load failed."""
+
+    kind = "not_ready"
 
 
 class CloudUnavailableError(UnavailableError):
     """The cloud cannot take the request now: not connected to the broker, the circuit breaker is
     open, or the link already has as many requests in flight as it may."""
 
+    kind = "cloud_unavailable"
+
 
 class OutboxFullError(UnavailableError):
     """The on-disk outbox is full; the request was not queued."""
+
+    kind = "outbox_full"
 
 
 class CloudTimeoutError(AgentError):
     """The cloud did not answer within the request's deadline (retries included)."""
 
     status = 504
+    kind = "cloud_timeout"
 
 
 class CloudRequestError(AgentError):
@@ -106,6 +125,7 @@ class CloudRequestError(AgentError):
     """
 
     status = 502
+    kind = "cloud_error"
     PASSED_THROUGH = frozenset({400, 404, 413})
 
     def __init__(self, message: str, *, cloud_status: int | None = None) -> None:
@@ -119,6 +139,7 @@ class InputError(AgentError):
     """Inputs that do not fit the model: unknown or missing names, datatype, shape."""
 
     status = 400
+    kind = "bad_input"
 
 
 class InferenceError(AgentError):

@@ -35,17 +35,7 @@ from .cloud.calls import CloudCall, CloudResult
 from .cloud.outbox import RequestState, StoredRequest
 from .confidence import confidence
 from .config import FallbackConfig, OnCloudUnavailable, RemoteModelConfig
-from .errors import (
-    AgentError,
-    CloudRequestError,
-    CloudTimeoutError,
-    CloudUnavailableError,
-    InputError,
-    ModelNotFoundError,
-    ModelNotReadyError,
-    OutboxFullError,
-    UnavailableError,
-)
+from .errors import AgentError, CloudTimeoutError, CloudUnavailableError, ModelNotReadyError
 from .metrics import UNKNOWN_MODEL, AgentMetrics
 from .models import LoadedModel
 from .registry import ModelRegistry
@@ -58,7 +48,6 @@ __all__ = [
     "RoutedResult",
     "Router",
     "ServedBy",
-    "error_kind",
 ]
 
 
@@ -136,27 +125,6 @@ class Cloud(Protocol):
     def lookup(self, request_id: str) -> StoredRequest | None: ...
 
 
-def error_kind(exc: BaseException) -> str:
-    """The ``error`` label of ``edge_agent_request_errors_total`` for an exception."""
-    if isinstance(exc, ModelNotFoundError):
-        return "not_found"
-    if isinstance(exc, ModelNotReadyError):
-        return "not_ready"
-    if isinstance(exc, CloudUnavailableError):
-        return "cloud_unavailable"
-    if isinstance(exc, OutboxFullError):
-        return "outbox_full"
-    if isinstance(exc, UnavailableError):
-        return "unavailable"
-    if isinstance(exc, InputError):
-        return "bad_input"
-    if isinstance(exc, CloudTimeoutError):
-        return "cloud_timeout"
-    if isinstance(exc, CloudRequestError):
-        return "cloud_error"
-    return "inference"
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class _Route:
     """Where a name's requests may go in the cloud, and what to do when it is away."""
@@ -229,7 +197,7 @@ class Router:
         stores its output format there). Raises :class:`ModelNotFoundError`,
         :class:`ModelNotReadyError`, :class:`InputError`, :class:`UnavailableError` (and its
         cloud subclasses), :class:`CloudTimeoutError`, :class:`CloudRequestError` or
-        :class:`InferenceError`.
+        :class:`InferenceError`; each is counted under its ``kind``.
         """
         start = time.perf_counter()
         route = self._routes.get(model_name)
@@ -241,7 +209,7 @@ class Router:
             )
         except AgentError as exc:
             label = model_name if self.knows(model_name) else UNKNOWN_MODEL
-            self._metrics.error(label, error_kind(exc))
+            self._metrics.error(label, exc.kind)
             raise
 
     def lookup(self, request_id: str) -> StoredRequest | None:

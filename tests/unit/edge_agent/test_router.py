@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_agent import errors
 from edge_agent.config import ModelConfig
 from edge_agent.errors import InputError, ModelNotFoundError, ModelNotReadyError
 from edge_agent.metrics import AgentMetrics
@@ -92,6 +93,29 @@ def test_errors_are_raised_and_counted(
     with pytest.raises(error):
         router.infer(model, inputs, version=version)
     assert _value(metrics, "edge_agent_request_errors_total", model=label, error=kind) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (errors.ModelNotFoundError, "not_found"),
+        (errors.ModelNotReadyError, "not_ready"),
+        (errors.CloudUnavailableError, "cloud_unavailable"),
+        (errors.OutboxFullError, "outbox_full"),
+        (errors.UnavailableError, "unavailable"),
+        (errors.InputError, "bad_input"),
+        (errors.CloudTimeoutError, "cloud_timeout"),
+        (errors.CloudRequestError, "cloud_error"),
+        (errors.InferenceError, "inference"),
+        (errors.ModelLoadError, "inference"),
+        (errors.AgentError, "inference"),
+    ],
+)
+def test_each_error_declares_the_label_it_is_counted_under(
+    error: type[errors.AgentError], kind: str
+) -> None:
+    assert error.kind == kind
+    assert error("x").kind == kind
 
 
 def test_registry_keeps_the_reason_of_a_failed_load(
