@@ -5,6 +5,7 @@
     runtime/       interpreter backends (ai_edge_litert, tflite_runtime, tensorflow.lite)
     models.py      a loaded model: signature, input checks, one interpreter per worker
     probe.py       loads a model in a child process first, so a crashing file fails alone
+    loader.py      ModelLoader: runtime, probe and timeouts, for the registry and the updater
     registry.py    configured models and their state (loading, ready, failed + reason)
     confidence.py  confidence scores of an answer (max probability, Sedna's entropy score)
     router.py      where a request is answered: the fallback policy per model

@@ -27,6 +27,7 @@ from .cloud.gateway import CloudGateway
 from .config import AgentConfig
 from .errors import AgentError, ConfigError
 from .lifecycle import RequestGate
+from .loader import ModelLoader
 from .metrics import AgentMetrics, MetricsServer
 from .registry import ModelRegistry, ModelState, ModelStatus
 from .router import Router
@@ -86,15 +87,14 @@ class Agent:
                 base_configs=config.models,
                 recovered=recovered,
                 registry=self.registry,
-                runtime=lambda: self.runtime,
+                loader=lambda: self.loader,
                 metrics=self.metrics,
                 on_change=self._updates_changed,
-                probe=config.probe_models,
-                probe_timeout_s=config.probe_timeout_s,
-                worker_timeout_s=config.worker_timeout_s,
             )
         self.runtime: RuntimeInfo | None = None
         self.runtime_error: str | None = None
+        self.loader: ModelLoader | None = None
+        """Built once the runtime is chosen; loads models for the registry and the updater."""
         self._api: ApiServer | None = None
         self._metrics_server: MetricsServer | None = None
         self._stopped = False
@@ -121,13 +121,7 @@ class Agent:
             if self.cloud is not None:
                 self.cloud.start()
             self._api.start()
-            self.registry.load_all(
-                self.runtime,
-                runtime_error=self.runtime_error,
-                worker_timeout_s=self.config.worker_timeout_s,
-                probe=self.config.probe_models,
-                probe_timeout_s=self.config.probe_timeout_s,
-            )
+            self.registry.load_all(self.loader, runtime_error=self.runtime_error)
         except BaseException:
             self._close_cloud()
             self._close_servers()
@@ -247,6 +241,7 @@ class Agent:
             self.runtime_error = str(exc)
             logger.error("%s", exc)
             return
+        self.loader = ModelLoader.for_agent(self.config, self.runtime)
         self.metrics.set_runtime(self.runtime.name, self.runtime.version)
 
     def _update_model_gauges(self) -> None:
@@ -324,11 +319,8 @@ def check(config: AgentConfig) -> CheckReport:
     except AgentError as exc:
         runtime_error = str(exc)
     registry.load_all(
-        runtime,
+        None if runtime is None else ModelLoader.for_agent(config, runtime),
         runtime_error=runtime_error,
-        worker_timeout_s=config.worker_timeout_s,
-        probe=config.probe_models,
-        probe_timeout_s=config.probe_timeout_s,
     )
     report = CheckReport(runtime=runtime, runtime_error=runtime_error, models=registry.statuses())
     registry.close()

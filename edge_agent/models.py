@@ -1,5 +1,8 @@
 """A loaded model: its signature, its pool of interpreters, and the checks every input passes.
 
+:func:`load_model` opens a model in this process; :class:`~edge_agent.loader.ModelLoader` adds
+the child-process probe and the agent's settings on top.
+
 Each worker owns one interpreter, since a TFLite interpreter must not run two requests at once. A
 request takes an idle interpreter from the pool, runs, and puts it back; ``invoke`` releases the
 GIL, so ``workers`` requests of one model really run in parallel. Inputs are checked against the
@@ -23,10 +26,9 @@ from protocols import DatatypeError, ModelMetadata, TensorMetadata, datatype_of
 
 from .config import ModelConfig
 from .errors import AgentError, InputError, ModelLoadError, UnavailableError
-from .probe import probe_model
 from .runtime import Array, Backend, ModelSignature, RuntimeInfo, TensorSpec
 
-__all__ = ["LoadedModel", "RunWatch", "load_model", "read_labels"]
+__all__ = ["LoadedModel", "RunWatch", "check_model_file", "load_error", "load_model", "read_labels"]
 
 logger = logging.getLogger(__name__)
 
@@ -261,29 +263,32 @@ def read_labels(path: Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in lines)
 
 
-def load_model(
-    config: ModelConfig,
-    runtime: RuntimeInfo,
-    *,
-    worker_timeout_s: float = 30.0,
-    probe: bool = False,
-    probe_timeout_s: float = 120.0,
-) -> LoadedModel:
-    """Open ``config.workers`` interpreters of the model and run each once (warm-up).
-
-    With ``probe``, the model is first loaded in a child process (:mod:`edge_agent.probe`), so a
-    file that crashes the interpreter cannot take this process down. Every failure is a
-    :class:`ModelLoadError` whose message names the model and the cause.
-    """
+def check_model_file(config: ModelConfig) -> Path:
+    """The model's file; :class:`ModelLoadError` when it is missing or not a file."""
     path = config.path
     if not path.exists():
         raise ModelLoadError(f"model {config.name!r}: file {path} does not exist")
     if not path.is_file():
         raise ModelLoadError(f"model {config.name!r}: {path} is not a file")
+    return path
+
+
+def load_error(config: ModelConfig, exc: AgentError) -> ModelLoadError:
+    """``exc`` as a :class:`ModelLoadError` whose message starts with the model's name."""
+    message = str(exc)
+    prefix = f"model {config.name!r}: "
+    return ModelLoadError(message if message.startswith(prefix) else prefix + message)
+
+
+def load_model(
+    config: ModelConfig, runtime: RuntimeInfo, *, worker_timeout_s: float = 30.0
+) -> LoadedModel:
+    """Open ``config.workers`` interpreters of the model in this process and run each once
+    (warm-up). Every failure is a :class:`ModelLoadError` whose message names the model and the
+    cause."""
+    path = check_model_file(config)
     backends: list[Backend] = []
     try:
-        if probe:
-            probe_model(runtime.name, path, threads=config.threads, timeout_s=probe_timeout_s)
         labels = read_labels(config.labels) if config.labels is not None else ()
         signature: ModelSignature | None = None
         for _ in range(config.workers):
@@ -296,9 +301,7 @@ def load_model(
     except AgentError as exc:
         for backend in backends:
             backend.close()
-        message = str(exc)
-        prefix = f"model {config.name!r}: "
-        raise ModelLoadError(message if message.startswith(prefix) else prefix + message) from exc
+        raise load_error(config, exc) from exc
     _check_labels(config, signature, labels)
     return LoadedModel(
         config=config,

@@ -3,7 +3,8 @@
 A TFLite interpreter trusts the file it is given: some builds (tflite-runtime 2.14, for one)
 crash the whole process on a corrupt flatbuffer instead of raising. Loading, and running once, in
 a child first means such a file fails only its own model (reported as a :class:`ModelLoadError`)
-while the other models serve.
+while the other models serve. :class:`~edge_agent.loader.ModelLoader` runs it before it loads
+a model in the agent.
 
     python -m edge_agent.probe RUNTIME PATH THREADS     (what the agent runs; exit 0 if it loads)
 """
@@ -16,7 +17,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .config import ModelConfig
 from .errors import AgentError, ModelLoadError
+from .models import load_model
+from .runtime import RUNTIME_ORDER, select_runtime
 
 __all__ = ["probe_model"]
 
@@ -51,10 +55,6 @@ def probe_model(runtime: str, path: Path, *, threads: int, timeout_s: float) -> 
 
 
 def main(argv: Sequence[str]) -> int:
-    from .config import ModelConfig
-    from .models import load_model
-    from .runtime import RUNTIME_ORDER, select_runtime
-
     runtime_name, path, threads = argv
     if runtime_name not in RUNTIME_ORDER:
         sys.stderr.write(f"{ERROR_MARKER}unknown runtime {runtime_name!r}\n")
@@ -62,7 +62,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         runtime = select_runtime(runtime_name)
         config = ModelConfig(name="probe", path=Path(path), threads=int(threads))
-        load_model(config, runtime, probe=False).close()
+        load_model(config, runtime).close()
     except AgentError as exc:
         message = str(exc).removeprefix("model 'probe': ")
         sys.stderr.write(f"{ERROR_MARKER}{message}\n")

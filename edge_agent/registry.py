@@ -15,7 +15,8 @@ from typing import NoReturn
 
 from .config import ModelConfig
 from .errors import ModelLoadError, ModelNotFoundError, ModelNotReadyError
-from .models import LoadedModel, load_model
+from .loader import ModelLoader
+from .models import LoadedModel
 from .runtime import RuntimeInfo
 
 __all__ = ["ModelRegistry", "ModelState", "ModelStatus"]
@@ -64,27 +65,20 @@ class ModelRegistry:
         return name in self._configs
 
     def load_all(
-        self,
-        runtime: RuntimeInfo | None,
-        *,
-        runtime_error: str | None = None,
-        worker_timeout_s: float = 30.0,
-        probe: bool = False,
-        probe_timeout_s: float = 120.0,
+        self, loader: ModelLoader | RuntimeInfo | None, *, runtime_error: str | None = None
     ) -> None:
-        """Load every model in config order; a failure is recorded and logged, never raised."""
+        """Load every model in config order; a failure is recorded and logged, never raised.
+
+        ``None``: there is no runtime, and every model fails with ``runtime_error``. A bare
+        :class:`RuntimeInfo` loads with :class:`ModelLoader`'s defaults (no probe)."""
+        if isinstance(loader, RuntimeInfo):
+            loader = ModelLoader(runtime=loader)
         for name, config in self._configs.items():
-            if runtime is None:
+            if loader is None:
                 self._fail(config, runtime_error or "no TFLite runtime")
                 continue
             try:
-                model = load_model(
-                    config,
-                    runtime,
-                    worker_timeout_s=worker_timeout_s,
-                    probe=probe,
-                    probe_timeout_s=probe_timeout_s,
-                )
+                model = loader.load(config)
             except ModelLoadError as exc:
                 self._fail(config, str(exc))
                 continue

@@ -45,10 +45,10 @@ from protocols.announcement import ANNOUNCEMENT_MAX_BYTES
 
 from ..config import ModelConfig, UpdatesConfig
 from ..errors import AgentError, ModelLoadError
+from ..loader import ModelLoader
 from ..metrics import UNKNOWN_MODEL, AgentMetrics
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel
 from ..registry import ModelRegistry
-from ..runtime import RuntimeInfo
 from .download import DownloadError, download
 from .health import HealthWatch, run_smoke_test
 from .store import MODEL_FILENAME, ModelStore, Pointer, Recovered, fsync_dir, write_atomic
@@ -93,12 +93,9 @@ class Updater:
         base_configs: Sequence[ModelConfig],
         recovered: Mapping[str, Recovered],
         registry: ModelRegistry,
-        runtime: Callable[[], RuntimeInfo | None],
+        loader: Callable[[], ModelLoader | None],
         metrics: AgentMetrics,
         on_change: Callable[[], None],
-        probe: bool = False,
-        probe_timeout_s: float = 120.0,
-        worker_timeout_s: float = 30.0,
         keys_base_dir: Path | None = None,
     ) -> None:
         self.config = config
@@ -112,12 +109,9 @@ class Updater:
         }
         self._unconfirmed = [name for name, r in recovered.items() if r.unconfirmed]
         self._registry = registry
-        self._runtime = runtime
+        self._loader = loader
         self._metrics = metrics
         self._on_change = on_change
-        self._probe = probe
-        self._probe_timeout_s = probe_timeout_s
-        self._worker_timeout_s = worker_timeout_s
         self._headers = (
             {"Authorization": f"Bearer {config.api_key.get_secret_value()}"}
             if config.api_key is not None
@@ -297,8 +291,8 @@ class Updater:
                 shutil.rmtree(target)
         if not target.exists():
             self._fetch(store, release)
-        runtime = self._runtime()
-        if runtime is None:
+        loader = self._loader()
+        if loader is None:
             raise AgentError("no TFLite runtime to load the new version with")
         self._set(name, state="smoke_testing", target=version)
         config = self._base[name].model_copy(
@@ -309,13 +303,7 @@ class Updater:
             }
         )
         try:
-            model = load_model(
-                config,
-                runtime,
-                worker_timeout_s=self._worker_timeout_s,
-                probe=self._probe,
-                probe_timeout_s=self._probe_timeout_s,
-            )
+            model = loader.load(config)
         except ModelLoadError as exc:
             self._fail_version(store, version)
             raise RejectedError(
@@ -464,10 +452,10 @@ class Updater:
         store = self._stores[name]
         candidates: list[str | None] = [previous] if previous is not None else []
         candidates.append(None)
-        runtime = self._runtime()
+        loader = self._loader()
         restored: tuple[LoadedModel, _Serving] | None = None
         for candidate in candidates:
-            if runtime is None:
+            if loader is None:
                 break
             release = None
             config = self._base[name]
@@ -483,7 +471,8 @@ class Updater:
                     }
                 )
             try:
-                model = load_model(config, runtime, worker_timeout_s=self._worker_timeout_s)
+                # What served before comes back without a probe: service returns sooner.
+                model = loader.load(config, probe=False)
             except ModelLoadError as exc:
                 logger.error("model %s: cannot roll back to %s: %s", name, candidate, exc)
                 continue

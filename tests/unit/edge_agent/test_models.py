@@ -8,6 +8,7 @@ import pytest
 
 from edge_agent.config import ModelConfig
 from edge_agent.errors import InputError, ModelLoadError
+from edge_agent.loader import ModelLoader
 from edge_agent.models import load_model
 from edge_agent.runtime import RuntimeInfo
 from tests.support.models import DIGITS_INPUT, DIGITS_LABELS, DIGITS_OUTPUT, DigitsModels
@@ -121,7 +122,7 @@ def test_load_failures_name_the_model_and_the_cause(
     path = make(tmp_path)  # type: ignore[operator]
     with pytest.raises(ModelLoadError) as excinfo:
         # probe: some runtimes crash on such files instead of raising; the child takes the hit.
-        load_model(_config(path), runtime, probe=True)
+        ModelLoader(runtime=runtime, probe=True).load(_config(path))
     assert str(excinfo.value).startswith("model 'digits': ")
     assert fragment in str(excinfo.value)
 
