@@ -8,7 +8,9 @@
     loader.py      ModelLoader: runtime, probe and timeouts, for the registry and the updater
     registry.py    configured models and their state (loading, ready, failed + reason)
     confidence.py  confidence scores of an answer (max probability, Sedna's entropy score)
-    router.py      where a request is answered: the fallback policy per model
+    reply.py       ReplyFormat: how an app wants its answer (binary, classification)
+    router.py      where a request is answered: the fallback policy per model (InferCall in,
+                   RoutedResult or QueuedResult out)
     cloud/         the MQTT link to the hubs, circuit breaker, on-disk outbox, telemetry
     updater/       signed model updates: verify, download, smoke test, swap, roll back
     api/           the local Open Inference Protocol v2 HTTP API (standard library server)
@@ -18,9 +20,11 @@
     agent.py       Agent: start/stop, run(config), check(config)
     client.py      EdgeClient: a small keep-alive HTTP client for apps on the device
     cli.py         the edge-agent command
-    errors.py      AgentError and its subclasses
+    errors.py      AgentError and its subclasses, each with its HTTP status and metric label
 
 Importing this package imports no interpreter; the runtime is chosen when the agent starts.
+The wire's rules (names, classification, codecs) come from :mod:`protocols`, the only package of
+ours the agent imports.
 """
 
 from .errors import (

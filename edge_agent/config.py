@@ -121,6 +121,10 @@ class RemoteModelConfig(BaseModel):
     deadline_s: float = Field(default=5.0, gt=0, le=3600)
     on_cloud_unavailable: Literal["error", "queue"] = "error"
     """Nothing can answer here, so ``local`` is not an option."""
+    batched: bool = True
+    """The cloud model's first dimension is the batch, as its ``max_batch_size > 0`` says (set
+    ``false`` for a model with ``max_batch_size: 0``). Only the classification extension uses it:
+    it ranks each batch entry on its own, or the whole output when there is no batch."""
 
 
 class BreakerConfig(BaseModel):

@@ -152,6 +152,11 @@ class LoadedModel:
     def output_names(self) -> tuple[str, ...]:
         return self._output_names
 
+    @property
+    def batched(self) -> bool:
+        """The model's first dimension is the batch (see :attr:`ModelSignature.batched`)."""
+        return self.signature.batched
+
     def _check_outputs(self, outputs: Sequence[str]) -> None:
         unknown = [name for name in outputs if name not in self._output_names]
         if unknown:

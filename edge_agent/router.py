@@ -16,9 +16,14 @@ deadline), ``on_cloud_unavailable`` decides: ``local`` answers here marked ``deg
 remote-only model has nothing local: 503), ``error`` raises (503, or 504 after a deadline),
 ``queue`` keeps the request in the outbox and returns a :class:`QueuedResult` (HTTP 202).
 
-Every answer carries ``served_by`` and, where the policy wanted the cloud, ``fallback_reason``.
+Every answer carries ``served_by`` and, where the policy wanted the cloud, ``fallback_reason``,
+and says whether its model's first dimension is the batch (``batched``, for the classification
+extension): a local model's signature decides, also for the cloud's answers in its place (a
+model not serving here counts as batched); a remote model's ``batched`` setting decides for it.
 For models that queue, the request id is an idempotency key: a request whose id the outbox knows
 is not run again; it gets that request's state or answer.
+
+A request becomes one :class:`InferCall` when it arrives, and that value goes from step to step.
 """
 
 from __future__ import annotations
@@ -28,22 +33,23 @@ import itertools
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
-from .cloud.calls import CloudCall, CloudResult
-from .cloud.outbox import RequestState, StoredRequest
+from .cloud.calls import CloudCall, CloudResult, QueuedCall
 from .confidence import confidence
 from .config import FallbackConfig, OnCloudUnavailable, RemoteModelConfig
 from .errors import AgentError, CloudTimeoutError, CloudUnavailableError, ModelNotReadyError
 from .metrics import UNKNOWN_MODEL, AgentMetrics
 from .models import LoadedModel
 from .registry import ModelRegistry
+from .reply import ReplyFormat
 from .runtime import Array
 
 __all__ = [
     "Cloud",
     "FallbackReason",
+    "InferCall",
     "QueuedResult",
     "RoutedResult",
     "Router",
@@ -66,11 +72,30 @@ class FallbackReason(str, enum.Enum):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class InferCall:
+    """One request, as the router takes it; built once when it arrives."""
+
+    model: str
+    """The name the app called: a local model or a remote one."""
+    inputs: Mapping[str, Array]
+    version: str | None = None
+    outputs: Sequence[str] | None = None
+    """The outputs wanted; ``None``: all."""
+    request_id: str | None = None
+    reply: ReplyFormat = field(default_factory=ReplyFormat)
+    """Kept with the request if it is queued, for whoever answers the app later."""
+    start_s: float
+    """``time.perf_counter()`` on arrival; the latency metrics count from here."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RoutedResult:
     model_name: str
     model_version: str | None
     outputs: dict[str, Array]
     served_by: ServedBy
+    batched: bool
+    """The model's first dimension is the batch (classification ranks each entry on its own)."""
     fallback_reason: str | None = None
     """Why the policy wanted the cloud; ``cloud_unavailable`` on a degraded answer."""
     degraded: bool = False
@@ -100,11 +125,11 @@ class QueuedResult:
     request_id: str
     model_name: str
     fallback_reason: str
-    stored: StoredRequest = field(repr=False)
+    queued: QueuedCall = field(repr=False)
 
     @property
     def answered(self) -> bool:
-        return self.stored.state is RequestState.ANSWERED
+        return self.queued.answered
 
     @property
     def parameters(self) -> dict[str, str | bool]:
@@ -120,9 +145,9 @@ class Cloud(Protocol):
 
     def infer(self, call: CloudCall) -> CloudResult: ...
 
-    def enqueue(self, call: CloudCall, reply: Mapping[str, Any]) -> StoredRequest: ...
+    def enqueue(self, call: CloudCall, reply: ReplyFormat) -> QueuedCall: ...
 
-    def lookup(self, request_id: str) -> StoredRequest | None: ...
+    def lookup(self, request_id: str) -> QueuedCall | None: ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -135,6 +160,26 @@ class _Route:
     on_unavailable: OnCloudUnavailable
     fallback: FallbackConfig | None = None
     """The local model's policy; ``None`` for a remote-only model."""
+    batched: bool = True
+    """For answers with no local model to go by: a remote model's setting; a local model that
+    is not serving counts as batched."""
+
+    def batched_for(self, model: LoadedModel | None) -> bool:
+        """Whether a cloud answer for this name has a batch dimension: the local model's rule
+        when it serves (the cloud answers the same request), else :attr:`batched`."""
+        return self.batched if model is None else model.batched
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Decision:
+    """What the policy made of a request that has a route to the cloud."""
+
+    reason: FallbackReason | None
+    """Why it should go to the cloud; ``None``: answer here."""
+    model: LoadedModel | None = None
+    """The local model, when it serves."""
+    local: dict[str, Array] | None = None
+    """The local outputs, when it was run here."""
 
 
 class Router:
@@ -172,6 +217,7 @@ class Router:
                 cloud_version=remote.cloud_version,
                 deadline_s=remote.deadline_s,
                 on_unavailable=remote.on_cloud_unavailable,
+                batched=remote.batched,
             )
         if self._routes and cloud is None:
             raise ValueError("models fall back to the cloud, but the router has no cloud")
@@ -188,143 +234,111 @@ class Router:
         version: str | None = None,
         outputs: Sequence[str] | None = None,
         request_id: str | None = None,
-        reply: Mapping[str, Any] | None = None,
+        reply: ReplyFormat | None = None,
     ) -> RoutedResult | QueuedResult:
         """Answer one request: numpy in, numpy out (``outputs`` only, when given), with where it
         was served; or a :class:`QueuedResult` when it waits in the outbox.
 
         ``reply`` is kept with a queued request for whoever answers the app later (the local API
-        stores its output format there). Raises :class:`ModelNotFoundError`,
+        says there how its app wants the answer). Raises :class:`ModelNotFoundError`,
         :class:`ModelNotReadyError`, :class:`InputError`, :class:`UnavailableError` (and its
         cloud subclasses), :class:`CloudTimeoutError`, :class:`CloudRequestError` or
         :class:`InferenceError`; each is counted under its ``kind``.
         """
-        start = time.perf_counter()
+        call = InferCall(
+            model=model_name,
+            inputs=inputs,
+            version=version,
+            outputs=outputs,
+            request_id=request_id,
+            reply=reply or ReplyFormat(),
+            start_s=time.perf_counter(),
+        )
         route = self._routes.get(model_name)
         try:
             if route is None:
-                return self._edge(model_name, inputs, version, outputs, request_id, start)
-            return self._route(
-                model_name, route, inputs, version, outputs, request_id, reply or {}, start
-            )
+                model = self._registry.get(call.model, call.version)
+                return self._here(call, model, model.infer(call.inputs, call.outputs))
+            return self._route(call, route)
         except AgentError as exc:
             label = model_name if self.knows(model_name) else UNKNOWN_MODEL
             self._metrics.error(label, exc.kind)
             raise
 
-    def lookup(self, request_id: str) -> StoredRequest | None:
+    def lookup(self, request_id: str) -> QueuedCall | None:
         """A queued request, with its answer once it has one; ``None`` if unknown or expired."""
         return None if self._cloud is None else self._cloud.lookup(request_id)
 
     # -- paths -------------------------------------------------------------------------------
 
-    def _edge(
-        self,
-        model_name: str,
-        inputs: Mapping[str, Array],
-        version: str | None,
-        outputs: Sequence[str] | None,
-        request_id: str | None,
-        start: float,
-    ) -> RoutedResult:
-        model = self._registry.get(model_name, version)
-        results = model.infer(inputs, outputs)
-        bound = self._metrics.model(model.name)
-        bound.inference_edge.observe(time.perf_counter() - start)
-        bound.requests_edge.inc()
-        return RoutedResult(
-            model_name=model.name,
-            model_version=model.version,
-            outputs=results,
-            served_by=ServedBy.EDGE,
-            request_id=request_id,
-        )
-
-    def _route(
-        self,
-        model_name: str,
-        route: _Route,
-        inputs: Mapping[str, Array],
-        version: str | None,
-        outputs: Sequence[str] | None,
-        request_id: str | None,
-        reply: Mapping[str, Any],
-        start: float,
-    ) -> RoutedResult | QueuedResult:
+    def _route(self, call: InferCall, route: _Route) -> RoutedResult | QueuedResult:
         cloud = self._cloud
         assert cloud is not None  # checked in __init__
-        if route.on_unavailable == "queue" and request_id:
-            stored = cloud.lookup(request_id)
-            if stored is not None:  # the same request again: its state, not a second run
+        if route.on_unavailable == "queue" and call.request_id:
+            queued = cloud.lookup(call.request_id)
+            if queued is not None:  # the same request again: its state, not a second run
                 return QueuedResult(
-                    request_id=request_id,
-                    model_name=model_name,
-                    fallback_reason=str(stored.reply.get("fallback_reason", "")),
-                    stored=stored,
+                    request_id=call.request_id,
+                    model_name=call.model,
+                    fallback_reason=queued.reply.fallback_reason,
+                    queued=queued,
                 )
-        model, reason, local = self._decide(model_name, route, inputs, version, outputs)
-        if reason is None:
-            assert model is not None
-            assert local is not None
-            return self._answer_here(model, local, outputs, request_id, start)
-        self._metrics.fallback(model_name, reason.value).inc()
-        request_id = request_id or f"{self._id_prefix}-{next(self._id_counter):x}"
-        call = CloudCall(
+        decision = self._decide(call, route)
+        if decision.reason is None:
+            assert decision.model is not None
+            assert decision.local is not None
+            return self._here(call, decision.model, decision.local)
+        self._metrics.fallback(call.model, decision.reason.value).inc()
+        request_id = call.request_id or f"{self._id_prefix}-{next(self._id_counter):x}"
+        cloud_call = CloudCall(
             request_id=request_id,
             model=route.cloud_model,
-            version=(version or route.cloud_version)
+            version=(call.version or route.cloud_version)
             if route.fallback is None
             else route.cloud_version,
-            inputs=inputs,
-            outputs=outputs,
+            inputs=call.inputs,
+            outputs=call.outputs,
             deadline_s=route.deadline_s,
         )
         try:
-            result = cloud.infer(call)
+            result = cloud.infer(cloud_call)
         except (CloudUnavailableError, CloudTimeoutError) as exc:
-            return self._cloud_away(
-                exc, model_name, route, call, reason, model, local, outputs, reply, start
-            )
-        bound = self._metrics.model(model_name)
-        bound.inference_cloud.observe(time.perf_counter() - start)
+            return self._cloud_away(exc, call, route, cloud_call, decision)
+        bound = self._metrics.model(call.model)
+        bound.inference_cloud.observe(time.perf_counter() - call.start_s)
         bound.requests_cloud.inc()
         return RoutedResult(
-            model_name=model_name,
+            model_name=call.model,
             model_version=result.model_version,
             outputs=result.outputs,
             served_by=ServedBy.CLOUD,
-            fallback_reason=reason.value,
+            batched=route.batched_for(decision.model),
+            fallback_reason=decision.reason.value,
             request_id=request_id,
             cloud_model=route.cloud_model,
         )
 
-    def _decide(
-        self,
-        model_name: str,
-        route: _Route,
-        inputs: Mapping[str, Array],
-        version: str | None,
-        outputs: Sequence[str] | None,
-    ) -> tuple[LoadedModel | None, FallbackReason | None, dict[str, Array] | None]:
-        """The local model (if serving), why the request should go to the cloud (``None``: it
-        should not), and the local outputs when it was run here."""
+    def _decide(self, call: InferCall, route: _Route) -> _Decision:
+        """Whether the request should go to the cloud, and why; the local model if it serves,
+        and its outputs when it was run here."""
         fallback = route.fallback
         if fallback is None:
-            return None, FallbackReason.MISSING, None
+            return _Decision(reason=FallbackReason.MISSING)
         try:
-            model = self._registry.get(model_name, version)
+            model = self._registry.get(call.model, call.version)
         except ModelNotReadyError:
-            return None, FallbackReason.MISSING, None
+            return _Decision(reason=FallbackReason.MISSING)
+        inputs, outputs = call.inputs, call.outputs
         if fallback.policy == "always":
             model.check(inputs, outputs)
-            return model, FallbackReason.ALWAYS, None
+            return _Decision(reason=FallbackReason.ALWAYS, model=model)
         if fallback.latency_budget_s is not None and (
             model.expected_latency_s() > fallback.latency_budget_s
         ):
             model.check(inputs, outputs)
-            return model, FallbackReason.LATENCY_BUDGET, None
+            return _Decision(reason=FallbackReason.LATENCY_BUDGET, model=model)
         if fallback.policy != "on_low_confidence":
-            return model, None, model.infer(inputs, outputs)
+            return _Decision(reason=None, model=model, local=model.infer(inputs, outputs))
         scored = fallback.confidence_output or model.output_names[0]
         if outputs is not None:
             model.check(inputs, outputs)
@@ -333,64 +347,67 @@ class Router:
         if outputs is not None:
             local = {name: local[name] for name in outputs}
         if score < fallback.threshold:
-            return model, FallbackReason.LOW_CONFIDENCE, local
-        return model, None, local
+            return _Decision(reason=FallbackReason.LOW_CONFIDENCE, model=model, local=local)
+        return _Decision(reason=None, model=model, local=local)
 
-    def _answer_here(
+    def _here(
         self,
+        call: InferCall,
         model: LoadedModel,
-        outputs_by_name: dict[str, Array],
-        wanted: Sequence[str] | None,
-        request_id: str | None,
-        start: float,
+        outputs: dict[str, Array],
         *,
         degraded: bool = False,
+        request_id: str | None = None,
     ) -> RoutedResult:
+        """The answer computed here: counted, and marked degraded when the cloud was wanted."""
         bound = self._metrics.model(model.name)
-        bound.inference_edge.observe(time.perf_counter() - start)
+        bound.inference_edge.observe(time.perf_counter() - call.start_s)
         bound.requests_edge.inc()
         if degraded:
             bound.degraded.inc()
         return RoutedResult(
             model_name=model.name,
             model_version=model.version,
-            outputs=outputs_by_name,
+            outputs=outputs,
             served_by=ServedBy.EDGE,
+            batched=model.batched,
             fallback_reason=FallbackReason.CLOUD_UNAVAILABLE.value if degraded else None,
             degraded=degraded,
-            request_id=request_id,
+            request_id=request_id or call.request_id,
         )
 
     def _cloud_away(
         self,
         exc: CloudUnavailableError | CloudTimeoutError,
-        model_name: str,
+        call: InferCall,
         route: _Route,
-        call: CloudCall,
-        reason: FallbackReason,
-        model: LoadedModel | None,
-        local: dict[str, Array] | None,
-        outputs: Sequence[str] | None,
-        reply: Mapping[str, Any],
-        start: float,
+        cloud_call: CloudCall,
+        decision: _Decision,
     ) -> RoutedResult | QueuedResult:
+        model, reason = decision.model, decision.reason
+        assert reason is not None
         if route.on_unavailable == "local" and model is not None:
+            local = decision.local
             if local is None:
-                local = model.infer(call.inputs, outputs)
-            return self._answer_here(model, local, outputs, call.request_id, start, degraded=True)
+                local = model.infer(call.inputs, call.outputs)
+            return self._here(call, model, local, degraded=True, request_id=cloud_call.request_id)
         if route.on_unavailable == "queue":
             cloud = self._cloud
             assert cloud is not None
-            stored = cloud.enqueue(
-                call, {**reply, "model_name": model_name, "fallback_reason": reason.value}
-            )
-            self._metrics.model(model_name).queued.inc()
-            return QueuedResult(
-                request_id=call.request_id,
-                model_name=model_name,
+            reply = replace(
+                call.reply,
+                model_name=call.model,
                 fallback_reason=reason.value,
-                stored=stored,
+                batched=route.batched_for(model),
+            )
+            queued = cloud.enqueue(cloud_call, reply)
+            self._metrics.model(call.model).queued.inc()
+            return QueuedResult(
+                request_id=cloud_call.request_id,
+                model_name=call.model,
+                fallback_reason=reason.value,
+                queued=queued,
             )
         if route.on_unavailable == "local":  # nothing here can answer it
-            raise type(exc)(f"{exc}; model {model_name!r} is not on this device") from exc
+            raise type(exc)(f"{exc}; model {call.model!r} is not on this device") from exc
         raise exc

@@ -26,19 +26,18 @@ from protocols import (
     PayloadTooLargeError,
     ProtocolError,
     decode_request,
-    encode_response,
     parse_header_length,
-    wants_binary_output,
 )
 
-from ..cloud.outbox import StoredRequest
-from ..errors import AgentError, HttpRequestError, InputError, ModelNotReadyError
+from ..cloud.calls import QueuedCall
+from ..errors import AgentError, HttpRequestError, ModelNotReadyError
 from ..lifecycle import RequestGate
 from ..metrics import UNKNOWN_MODEL, AgentMetrics
 from ..registry import ModelRegistry, ModelState
+from ..reply import ReplyFormat
 from ..router import QueuedResult, Router
-from .classification import CLASSIFICATION, classification_count, classify
-from .queued import REQUESTS_PATH, pending_body, reply_format, stored_answer
+from .answers import encode_answer
+from .queued import REQUESTS_PATH, pending_body, queued_answer
 from .routes import Endpoint, Route, match_route
 
 __all__ = ["EXTENSIONS", "ApiContext", "ApiHandler"]
@@ -230,12 +229,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             decoded = decode_request(body, header_length, limits=ctx.limits)
             request = decoded.request
             wanted = [out.name for out in request.outputs] if request.outputs else None
-            classes = {
-                out.name: classification_count(out.name, out.parameters[CLASSIFICATION])
-                for out in request.outputs or ()
-                if out.parameters and CLASSIFICATION in out.parameters
-            }
-        except (ProtocolError, HttpRequestError, InputError) as exc:
+            reply = ReplyFormat.of(request)
+        except (ProtocolError, HttpRequestError) as exc:
             ctx.metrics.error(label, "too_large" if exc.status == 413 else "bad_request")
             headers = exc.headers if isinstance(exc, HttpRequestError) else None
             self._send_json(exc.status, {"error": str(exc)}, headers=headers)
@@ -247,29 +242,24 @@ class ApiHandler(BaseHTTPRequestHandler):
                 version=route.version,
                 outputs=wanted,
                 request_id=request.id,
-                reply=reply_format(request, classes),
+                reply=reply,
             )
-            if isinstance(result, QueuedResult):
-                self._send_queued(result)
-                ctx.metrics.model(label).http_seconds.observe(time.perf_counter() - start)
-                return
-            outputs = result.outputs
-            if classes:
-                labels = ctx.registry.labels(result.model_name)
-                outputs = dict(outputs)
-                for name, count in classes.items():
-                    outputs[name] = classify(outputs[name], count, labels)
         except AgentError as exc:  # counted by the router
             self._send_json(exc.status, {"error": str(exc)})
             return
-        binary = {name: wants_binary_output(request, name) for name in outputs}
-        encoded = encode_response(
-            outputs,
+        if isinstance(result, QueuedResult):
+            self._send_queued(result)
+            ctx.metrics.model(label).http_seconds.observe(time.perf_counter() - start)
+            return
+        encoded = encode_answer(
+            result.outputs,
+            reply=reply,
+            batched=result.batched,
+            labels=ctx.registry.labels(result.model_name) if reply.classification else (),
             model_name=result.model_name,
             model_version=result.model_version,
-            id=result.request_id or request.id,
-            parameters=dict(result.parameters),
-            binary=binary,
+            request_id=result.request_id or request.id,
+            parameters=result.parameters,
         )
         self._send_encoded(200, encoded)
         ctx.metrics.model(result.model_name).http_seconds.observe(time.perf_counter() - start)
@@ -279,34 +269,33 @@ class ApiHandler(BaseHTTPRequestHandler):
     def _send_queued(self, result: QueuedResult) -> None:
         """202 with the id while the request waits; its answer when it already has one."""
         if result.answered:
-            self._send_stored(result.stored)
+            self._send_answered(result.queued)
             return
         self._send_json(
             202,
-            pending_body(result.stored, result.model_name),
+            pending_body(result.queued, result.model_name),
             headers={"Location": REQUESTS_PATH + result.request_id},
         )
 
     def _send_request_state(self, request_id: str) -> None:
         """``GET /v2/requests/{id}``: 202 while pending, 200 with the answer, 404 unknown."""
-        stored = self.context.router.lookup(request_id)
-        if stored is None:
+        queued = self.context.router.lookup(request_id)
+        if queued is None:
             self._send_json(
                 404,
                 {"error": f"no queued request {request_id!r} here (never queued, or expired)"},
             )
             return
-        if stored.answer is None:
-            model_name = str(stored.reply.get("model_name", ""))
-            self._send_json(202, pending_body(stored, model_name))
+        if not queued.answered:
+            self._send_json(202, pending_body(queued, queued.reply.model_name))
             return
-        self._send_stored(stored)
+        self._send_answered(queued)
 
-    def _send_stored(self, stored: StoredRequest) -> None:
+    def _send_answered(self, queued: QueuedCall) -> None:
         try:
-            encoded = stored_answer(stored, self.context.registry.labels)
-        except AgentError as exc:  # the cloud answered this request with an error
-            self._send_json(exc.status, {"error": str(exc), "id": stored.request_id})
+            encoded = queued_answer(queued, self.context.registry.labels)
+        except (AgentError, ProtocolError) as exc:  # the cloud's error, or unrankable output
+            self._send_json(exc.status, {"error": str(exc), "id": queued.request_id})
             return
         self._send_encoded(200, encoded)
 

@@ -5,6 +5,7 @@
     outbox.py      Outbox: SQLite (WAL) for queued requests, their answers, and telemetry
     delivery.py    Delivery: sends the outbox when the cloud is back, records the answers
     telemetry.py   periodic telemetry from the agent's metrics
+    calls.py       CloudCall, CloudResult, QueuedCall: what the router and the API see, decoded
     gateway.py     CloudGateway: what the router calls; ties the parts together
 
 Importing this package imports no MQTT client; :mod:`.link` does, when the agent builds one.

@@ -1,4 +1,6 @@
-"""A cloud request and its result as the router sees them, and decoding the hub's answer."""
+"""What the router and the local API see of the cloud: a request, its answer decoded, and a
+request kept in the outbox. The gateway decodes the hub's bytes into these, so nothing above it
+touches the MQTT codec or the outbox's rows."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ from typing import Any
 from protocols import DecodedResponse, ProtocolError, decode_mqtt_response
 
 from ..errors import CloudRequestError
+from ..reply import ReplyFormat
 from ..runtime import Array
 
-__all__ = ["CloudCall", "CloudResult", "decode_answer"]
+__all__ = ["CloudCall", "CloudResult", "QueuedCall", "decode_answer"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -27,23 +30,58 @@ class CloudCall:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CloudResult:
+    """The hub's answer, decoded."""
+
     model_name: str
+    """The hub's model name."""
     model_version: str | None
     outputs: dict[str, Array]
     parameters: dict[str, Any]
-    round_trip_s: float
+    round_trip_s: float | None = None
+    """``None`` for an answer read back from the outbox."""
 
 
-def decode_answer(payload: bytes, *, model: str) -> DecodedResponse:
-    """The hub's answer decoded; :class:`CloudRequestError` for an error answer or bad bytes."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QueuedCall:
+    """A request kept in the outbox until the cloud answers it, and its answer once it has one:
+    the decoded result, or the error the cloud answered with."""
+
+    request_id: str
+    reply: ReplyFormat
+    """How to answer the app, as the local API and the router left it."""
+    attempts: int
+    """Deliveries tried so far."""
+    answer: CloudResult | None = None
+    error: CloudRequestError | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.answer is not None or self.error is not None
+
+    @property
+    def state(self) -> str:
+        """``pending`` or ``answered``, as the local API reports it."""
+        return "answered" if self.answered else "pending"
+
+
+def decode_answer(payload: bytes, *, model: str, round_trip_s: float | None = None) -> CloudResult:
+    """The hub's answer decoded; :class:`CloudRequestError` for an error answer or bad bytes.
+    ``model`` names the model in those errors."""
     try:
         decoded = decode_mqtt_response(payload)
     except ProtocolError as exc:
         raise CloudRequestError(
             f"the cloud's answer for {model!r} cannot be decoded: {exc}"
         ) from exc
-    if isinstance(decoded, DecodedResponse):
-        return decoded
-    raise CloudRequestError(
-        f"the cloud answered for {model!r}: {decoded.error}", cloud_status=decoded.status
+    if not isinstance(decoded, DecodedResponse):
+        raise CloudRequestError(
+            f"the cloud answered for {model!r}: {decoded.error}", cloud_status=decoded.status
+        )
+    response = decoded.response
+    return CloudResult(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        outputs=dict(decoded.tensors),
+        parameters=dict(response.parameters or {}),
+        round_trip_s=round_trip_s,
     )

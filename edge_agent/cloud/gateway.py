@@ -4,6 +4,10 @@
            ──enqueue()─► Outbox ◄── Delivery ──┘
            ──lookup()──► Outbox
 
+What goes up is decoded here: :meth:`infer` returns a :class:`CloudResult`, :meth:`enqueue` and
+:meth:`lookup` a :class:`QueuedCall` (with its answer decoded once it has one), so neither the
+router nor the local API sees an MQTT payload or an outbox row.
+
 :meth:`infer` is synchronous: it fails fast (:class:`CloudUnavailableError`) when the link is
 down, the breaker is open or no slot frees in time, and otherwise waits for the answer until the
 call's deadline (:class:`CloudTimeoutError`), the link sending it again meanwhile.
@@ -16,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,9 @@ from protocols import DeviceState, DeviceStatus, encode_mqtt_request, telemetry_
 from ..config import CloudConfig
 from ..errors import CloudRequestError, CloudTimeoutError, CloudUnavailableError
 from ..metrics import AgentMetrics
+from ..reply import ReplyFormat
 from .breaker import BreakerState, CircuitBreaker
-from .calls import CloudCall, CloudResult, decode_answer
+from .calls import CloudCall, CloudResult, QueuedCall, decode_answer
 from .delivery import Delivery
 from .link import CloudAnswer, CloudLink
 from .outbox import Outbox, QueuedRequest, StoredRequest
@@ -203,25 +208,18 @@ class CloudGateway:
         self.breaker.record_success()
         self._metrics.cloud_round_trip_seconds.observe(answer.round_trip_s)
         try:
-            decoded = decode_answer(answer.payload, model=call.model)
+            result = decode_answer(
+                answer.payload, model=call.model, round_trip_s=answer.round_trip_s
+            )
         except CloudRequestError:
             self._outcome["error"].inc()
             raise
         self._outcome["answered"].inc()
-        response = decoded.response
-        return CloudResult(
-            model_name=response.model_name,
-            model_version=response.model_version,
-            outputs=dict(decoded.tensors),
-            parameters=dict(response.parameters or {}),
-            round_trip_s=answer.round_trip_s,
-        )
+        return result
 
-    def enqueue(self, call: CloudCall, reply: Mapping[str, Any]) -> StoredRequest:
-        """Keep ``call`` in the outbox until the cloud answers it; a known id is left as it is.
-
-        ``reply`` is what the local API needs to answer the app later (JSON-able).
-        """
+    def enqueue(self, call: CloudCall, reply: ReplyFormat) -> QueuedCall:
+        """Keep ``call`` in the outbox until the cloud answers it; a known id is left as it is
+        (and returned as it is). ``reply`` is kept with it, for answering the app later."""
         outbox, delivery = self.outbox, self._delivery
         if outbox is None or delivery is None:
             raise CloudUnavailableError("the cloud link is not started")
@@ -234,11 +232,12 @@ class CloudGateway:
             )
         )
         delivery.wake()
-        return stored
+        return _queued(stored)
 
-    def lookup(self, request_id: str) -> StoredRequest | None:
+    def lookup(self, request_id: str) -> QueuedCall | None:
         """A queued request and its answer once it has one; ``None`` if unknown or expired."""
-        return None if self.outbox is None else self.outbox.get(request_id)
+        stored = None if self.outbox is None else self.outbox.get(request_id)
+        return None if stored is None else _queued(stored)
 
     def queue_telemetry(self, payload: bytes) -> None:
         if self.outbox is not None and self._delivery is not None:
@@ -293,3 +292,21 @@ class CloudGateway:
 
     def _dropped(self, kind: str, reason: str, count: int) -> None:
         self._metrics.outbox_dropped.labels(kind=kind, reason=reason).inc(count)
+
+
+def _queued(stored: StoredRequest) -> QueuedCall:
+    """An outbox row as the router and the local API see it, its answer decoded."""
+    answer: CloudResult | None = None
+    error: CloudRequestError | None = None
+    if stored.answer is not None:
+        try:
+            answer = decode_answer(stored.answer, model=stored.reply.model_name)
+        except CloudRequestError as exc:  # the cloud answered it with an error
+            error = exc
+    return QueuedCall(
+        request_id=stored.request_id,
+        reply=stored.reply,
+        attempts=stored.attempts,
+        answer=answer,
+        error=error,
+    )

@@ -22,13 +22,13 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..config import OutboxConfig
 from ..errors import ConfigError, OutboxFullError
+from ..reply import ReplyFormat
 
 __all__ = [
     "AnswerOutcome",
@@ -89,8 +89,8 @@ class QueuedRequest:
     request_id: str
     payload: bytes
     """The MQTT request, ready to publish."""
-    reply: Mapping[str, Any] = field(default_factory=dict)
-    """What the local API needs to answer the app (JSON-able)."""
+    reply: ReplyFormat = field(default_factory=ReplyFormat)
+    """How to answer the app; stored as JSON (:meth:`ReplyFormat.to_json`)."""
     deadline_s: float
     """How long one delivery attempt may wait for its answer."""
 
@@ -101,8 +101,9 @@ class StoredRequest:
     state: RequestState
     attempts: int
     created_s: float
-    reply: dict[str, Any]
+    reply: ReplyFormat
     answer: bytes | None = None
+    """The hub's answer as it came (an MQTT response payload)."""
     answered_s: float | None = None
 
 
@@ -170,7 +171,7 @@ class Outbox:
                 (
                     request.request_id,
                     request.payload,
-                    json.dumps(dict(request.reply), separators=(",", ":")),
+                    json.dumps(request.reply.to_json(), separators=(",", ":")),
                     request.deadline_s,
                     now,
                     now + self._config.ttl_s,
@@ -184,7 +185,7 @@ class Outbox:
             state=RequestState.PENDING,
             attempts=0,
             created_s=now,
-            reply=dict(request.reply),
+            reply=request.reply,
         )
 
     def get(self, request_id: str) -> StoredRequest | None:
@@ -363,7 +364,7 @@ class Outbox:
             state=RequestState(row[0]),
             attempts=int(row[1]),
             created_s=float(row[2]),
-            reply=json.loads(row[3]),
+            reply=ReplyFormat.from_json(json.loads(row[3])),
             answer=None if row[4] is None else bytes(row[4]),
             answered_s=row[5],
         )

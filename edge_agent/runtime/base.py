@@ -78,6 +78,13 @@ class ModelSignature:
     def quantized(self) -> bool:
         return any(spec.quantization for spec in (*self.inputs, *self.outputs))
 
+    @property
+    def batched(self) -> bool:
+        """Whether the model's first dimension is the batch: the first dimension of every input
+        is dynamic (``-1`` in the shape signature), as Keras exports mark it. A model with fixed
+        shapes (``[1, 10]``) is not batched, as Triton treats a ``max_batch_size: 0`` model."""
+        return bool(self.inputs) and all(spec.shape[:1] == (-1,) for spec in self.inputs)
+
 
 class Backend(Protocol):
     """One interpreter of one model."""

@@ -7,7 +7,9 @@ hub's tflite backend, so each answer can be checked against the interpreter's ow
 
 from __future__ import annotations
 
+import http.client
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,12 @@ from tests.support.fallback import (
 from tests.support.hub import HubProcess
 from tests.support.models import (
     DIGITS_INPUT,
+    DIGITS_LABELS,
     DIGITS_OUTPUT,
     DigitsModels,
     ensure_digits_models,
     first_available_runtime,
+    fixed_batch_model,
     output_scale,
     require,
 )
@@ -272,3 +276,101 @@ def test_hub_down_local_degrades_error_fails_fast_queue_delivers_after_a_kill(
         np.testing.assert_allclose(resent.outputs[DIGITS_OUTPUT], cloud_reference[:1], rtol=1e-5)
     assert agent.metric('edge_agent_outbox_delivered_total{kind="request"}') == 20
     assert agent.metric('edge_agent_outbox_depth{kind="answer"}') == 20
+
+
+def _classify(agent: Any, model: str, x: np.ndarray, k: int, request_id: str) -> Any:
+    """``POST .../infer`` asking for the top ``k`` classes: (status, JSON answer)."""
+    body = {
+        "id": request_id,
+        "inputs": [
+            {
+                "name": DIGITS_INPUT,
+                "datatype": "FP32",
+                "shape": list(x.shape),
+                "data": x.ravel().tolist(),
+            }
+        ],
+        "outputs": [{"name": DIGITS_OUTPUT, "parameters": {"classification": k}}],
+    }
+    return _http(agent, "POST", f"/v2/models/{model}/infer", json.dumps(body).encode())
+
+
+def _http(agent: Any, method: str, path: str, body: bytes | None = None) -> Any:
+    conn = http.client.HTTPConnection("127.0.0.1", agent.api_port, timeout=30)
+    try:
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_cloud_answers_are_classified_by_the_batch_dimension_of_the_model_asked(
+    digits: DigitsModels, broker: Broker, hub: HubProcess, make_agent: Any, tmp_path: Path
+) -> None:
+    """The hub's ``cloud_digits`` answers ``[n, 10]`` every time. Classified, that is ``[k]`` for
+    a local model with fixed shapes (no batch dimension, as Triton's ``max_batch_size: 0``) and
+    for a remote model set ``batched: false``, and ``[n, k]`` for a remote model with a batch;
+    the same whether answered at once or queued while the hub is down and fetched later."""
+    k = 3
+    queue = {"deadline_s": 1.0, "on_cloud_unavailable": "queue"}
+    agent = make_agent(
+        {
+            "device_id": DEVICE,
+            "models": [
+                {
+                    "name": "fixed",
+                    "path": str(fixed_batch_model(digits, "int8", tmp_path)),
+                    "labels": str(digits.labels),
+                    "fallback": {"policy": "always", "cloud_model": "cloud_digits", **queue},
+                }
+            ],
+            "cloud": cloud_section(
+                broker,
+                remote_models=[
+                    {"name": "remote", "cloud_model": "cloud_digits", **queue},
+                    {
+                        "name": "remote_flat",
+                        "cloud_model": "cloud_digits",
+                        "batched": False,
+                        **queue,
+                    },
+                ],
+            ),
+        }
+    )
+    x, _ = digits.data()
+    reference = digits.reference("fp32")
+    cases = {"fixed": (x[:1], [k]), "remote": (x[:2], [2, k]), "remote_flat": (x[:1], [k])}
+
+    def check(model: str, answer: dict[str, Any]) -> None:
+        rows, shape = cases[model]
+        (output,) = answer["outputs"]
+        assert (output["datatype"], output["shape"]) == ("BYTES", shape)
+        entries = [entry.split(":") for entry in output["data"]]
+        top = np.argsort(-reference[: len(rows)], axis=1, kind="stable")[:, :k]
+        assert [int(e[1]) for e in entries] == top.ravel().tolist()
+        if model == "fixed":  # the local model's labels name the cloud's classes
+            assert [e[2] for e in entries] == [DIGITS_LABELS[int(e[1])] for e in entries]
+
+    for model, (rows, _) in cases.items():
+        status, answer = _classify(agent, model, rows, k, f"now-{model}")
+        assert status == 200, answer
+        assert answer["parameters"]["served_by"] == "cloud"
+        check(model, answer)
+
+    hub.stop()
+    for model, (rows, _) in cases.items():
+        status, pending = _classify(agent, model, rows, k, f"later-{model}")
+        assert status == 202, pending
+    hub.start()
+    wait_hub_connected(hub)
+    for model in cases:
+        deadline = time.monotonic() + 60
+        while (got := _http(agent, "GET", f"/v2/requests/later-{model}"))[0] == 202:
+            assert time.monotonic() < deadline, f"no answer for later-{model}"
+            time.sleep(0.1)
+        status, answer = got
+        assert status == 200, answer
+        assert answer["parameters"]["queued"] is True
+        check(model, answer)

@@ -26,10 +26,10 @@ from paho.mqtt.properties import Properties
 from edge_agent.cloud.breaker import BreakerState
 from edge_agent.cloud.calls import CloudCall
 from edge_agent.cloud.gateway import CloudGateway
-from edge_agent.cloud.outbox import RequestState
 from edge_agent.config import CloudConfig
 from edge_agent.errors import CloudTimeoutError, CloudUnavailableError
 from edge_agent.metrics import AgentMetrics
+from edge_agent.reply import ReplyFormat
 from protocols import (
     CONTENT_TYPE_FRAME,
     DeviceState,
@@ -259,7 +259,7 @@ def test_answers_published_while_the_agent_is_away_wait_in_its_session(
 ) -> None:
     responder.mode = "silent"
     first = make_gateway(session_expiry_s=300)
-    first.enqueue(call("away-1", 4.0), {"model_name": "m"})
+    first.enqueue(call("away-1", 4.0), ReplyFormat(model_name="m"))
     wait_until(lambda: responder.copies["away-1"] >= 1, "the queued request to be sent")
     first.stop()  # a clean disconnect: the broker keeps the session and its subscription
     responder.answer(
@@ -267,10 +267,7 @@ def test_answers_published_while_the_agent_is_away_wait_in_its_session(
     )
     second = make_gateway(session_expiry_s=300)  # same client id and data dir
     wait_until(
-        lambda: (
-            (stored := second.lookup("away-1")) is not None
-            and stored.state is RequestState.ANSWERED
-        ),
+        lambda: (stored := second.lookup("away-1")) is not None and stored.answer is not None,
         "the answer kept by the broker to arrive",
     )
     assert responder.answers_sent == 1  # the only answer there was: the one kept for the agent

@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,23 @@ class DigitsModels:
     def reference(self, kind: str) -> np.ndarray:
         with np.load(self.root / "digits_reference.npz") as data:
             return np.asarray(data[kind])
+
+
+def fixed_batch_model(digits: DigitsModels, kind: str, folder: Path) -> Path:
+    """A copy of a digits model whose input has the fixed shape ``[1, 64]``, as a model exported
+    without a batch dimension has (Triton's ``max_batch_size: 0``); its output is ``[1, 10]``.
+
+    Made without TensorFlow, so the light edge venv can use it: the input's shape signature
+    ``[-1, 64]`` (a flatbuffer int32 vector: length 2, then -1, 64) becomes ``[1, 64]``. The
+    pattern occurs exactly once in the digits models; the weights stay as they are, so the
+    copy answers as the original does for one row."""
+    source = digits.model(kind).read_bytes()
+    dynamic = struct.pack("<3i", 2, -1, 64)
+    if source.count(dynamic) != 1:
+        raise AssertionError(f"{digits.model(kind)}: expected one [-1, 64] shape signature")
+    path = folder / f"digits_{kind}_fixed.tflite"
+    path.write_bytes(source.replace(dynamic, struct.pack("<3i", 2, 1, 64)))
+    return path
 
 
 def cache_dir() -> Path:

@@ -6,15 +6,14 @@ and hub, in tests/integration/test_fallback.py; here only the decisions are unde
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from edge_agent.cloud.calls import CloudCall, CloudResult
-from edge_agent.cloud.outbox import RequestState, StoredRequest
+from edge_agent.cloud.calls import CloudCall, CloudResult, QueuedCall
 from edge_agent.config import (
     AgentConfig,
     FallbackConfig,
@@ -31,6 +30,7 @@ from edge_agent.errors import (
 )
 from edge_agent.metrics import AgentMetrics
 from edge_agent.registry import ModelRegistry
+from edge_agent.reply import ReplyFormat
 from edge_agent.router import QueuedResult, RoutedResult, Router, ServedBy
 from edge_agent.runtime import RuntimeInfo
 from tests.support.models import DIGITS_INPUT, DIGITS_OUTPUT, DigitsModels
@@ -43,7 +43,7 @@ class InProcessCloud:
         self.registry = registry
         self.failure: Exception | None = None
         self.calls: list[CloudCall] = []
-        self.queued: dict[str, StoredRequest] = {}
+        self.queued: dict[str, QueuedCall] = {}
 
     def infer(self, call: CloudCall) -> CloudResult:
         self.calls.append(call)
@@ -60,19 +60,13 @@ class InProcessCloud:
             round_trip_s=0.001,
         )
 
-    def enqueue(self, call: CloudCall, reply: Mapping[str, Any]) -> StoredRequest:
+    def enqueue(self, call: CloudCall, reply: ReplyFormat) -> QueuedCall:
         self.calls.append(call)
-        stored = StoredRequest(
-            request_id=call.request_id,
-            state=RequestState.PENDING,
-            attempts=0,
-            created_s=0.0,
-            reply=dict(reply),
-        )
-        self.queued.setdefault(call.request_id, stored)
+        queued = QueuedCall(request_id=call.request_id, reply=reply, attempts=0)
+        self.queued.setdefault(call.request_id, queued)
         return self.queued[call.request_id]
 
-    def lookup(self, request_id: str) -> StoredRequest | None:
+    def lookup(self, request_id: str) -> QueuedCall | None:
         return self.queued.get(request_id)
 
 
@@ -307,15 +301,13 @@ def test_queue_keeps_the_request_and_an_id_is_queued_once(
     cloud.failure = CloudUnavailableError("not connected")
     router = make_router(policy="always", on_cloud_unavailable="queue")
     x = {DIGITS_INPUT: np.zeros((1, 64), np.float32)}
-    first = router.infer("digits", x, request_id="q-1", reply={"binary": {"*": True}})
+    first = router.infer("digits", x, request_id="q-1", reply=ReplyFormat(binary_default=True))
     assert isinstance(first, QueuedResult)
     assert (first.request_id, first.fallback_reason, first.answered) == ("q-1", "always", False)
     assert first.parameters == {"served_by": "cloud", "fallback_reason": "always", "queued": True}
-    assert cloud.queued["q-1"].reply == {
-        "binary": {"*": True},
-        "model_name": "digits",
-        "fallback_reason": "always",
-    }
+    assert cloud.queued["q-1"].reply == ReplyFormat(
+        binary_default=True, model_name="digits", fallback_reason="always", batched=True
+    )
     calls = len(cloud.calls)
     again = router.infer("digits", x, request_id="q-1")
     assert isinstance(again, QueuedResult)

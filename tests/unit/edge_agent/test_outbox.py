@@ -13,6 +13,7 @@ import pytest
 from edge_agent.cloud.outbox import AnswerOutcome, Outbox, QueuedRequest, RequestState
 from edge_agent.config import OutboxConfig
 from edge_agent.errors import OutboxFullError
+from edge_agent.reply import ReplyFormat
 
 
 class Clock:
@@ -59,7 +60,7 @@ def request(i: int, **kwargs: object) -> QueuedRequest:
     values: dict[str, object] = {
         "request_id": f"r{i}",
         "payload": b"HIB1 payload %d" % i,
-        "reply": {"model_name": "m", "reason": "always"},
+        "reply": ReplyFormat(model_name="m", fallback_reason="always"),
         "deadline_s": 2.0,
     }
     values.update(kwargs)
@@ -85,7 +86,7 @@ def test_an_answer_is_stored_once(open_outbox) -> None:  # type: ignore[no-untyp
     assert stored is not None
     assert stored.state is RequestState.ANSWERED
     assert stored.answer == b"answer"
-    assert stored.reply == {"model_name": "m", "reason": "always"}
+    assert stored.reply == ReplyFormat(model_name="m", fallback_reason="always")
     assert box.due(limit=10) == []
     assert box.depth().requests == 0
     assert box.depth().answers == 1
@@ -173,7 +174,7 @@ def test_a_killed_writer_loses_nothing_it_committed(tmp_path: Path) -> None:
         "from edge_agent.config import OutboxConfig\n"
         "box = Outbox(sys.argv[1], config=OutboxConfig())\n"
         "for i in range(50):\n"
-        "    box.add(QueuedRequest(request_id=f'k{i}', payload=b'p', reply={}, deadline_s=1.0))\n"
+        "    box.add(QueuedRequest(request_id=f'k{i}', payload=b'p', deadline_s=1.0))\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     path = tmp_path / "outbox.sqlite3"

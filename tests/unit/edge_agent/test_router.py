@@ -59,6 +59,7 @@ def test_a_cloud_answer_names_its_reason() -> None:
         model_version="1",
         outputs={},
         served_by=ServedBy.CLOUD,
+        batched=True,
         fallback_reason="low_confidence",
     )
     assert result.parameters == {"served_by": "cloud", "fallback_reason": "low_confidence"}
