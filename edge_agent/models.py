@@ -71,6 +71,8 @@ class LoadedModel:
         self.runtime = runtime
         self.signature = signature
         self.labels = labels
+        self.batched = signature.batched
+        """The model's first dimension is the batch (see :attr:`ModelSignature.batched`)."""
         self.worker_count = len(backends)
         self._worker_timeout_s = worker_timeout_s
         self._expected = tuple(
@@ -151,11 +153,6 @@ class LoadedModel:
     @property
     def output_names(self) -> tuple[str, ...]:
         return self._output_names
-
-    @property
-    def batched(self) -> bool:
-        """The model's first dimension is the batch (see :attr:`ModelSignature.batched`)."""
-        return self.signature.batched
 
     def _check_outputs(self, outputs: Sequence[str]) -> None:
         unknown = [name for name in outputs if name not in self._output_names]

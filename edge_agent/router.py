@@ -23,7 +23,8 @@ model not serving here counts as batched); a remote model's ``batched`` setting 
 For models that queue, the request id is an idempotency key: a request whose id the outbox knows
 is not run again; it gets that request's state or answer.
 
-A request becomes one :class:`InferCall` when it arrives, and that value goes from step to step.
+A request that may go to the cloud becomes one :class:`InferCall` when it arrives, and that
+value goes from step to step; one for a model without a fallback policy goes straight to it.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ __all__ = [
     "Router",
     "ServedBy",
 ]
+
+
+_NO_FORMAT = ReplyFormat()
+"""The defaults, for callers that say nothing of the answer's form (shared: it is frozen)."""
 
 
 class ServedBy(str, enum.Enum):
@@ -245,20 +250,22 @@ class Router:
         cloud subclasses), :class:`CloudTimeoutError`, :class:`CloudRequestError` or
         :class:`InferenceError`; each is counted under its ``kind``.
         """
-        call = InferCall(
-            model=model_name,
-            inputs=inputs,
-            version=version,
-            outputs=outputs,
-            request_id=request_id,
-            reply=reply or ReplyFormat(),
-            start_s=time.perf_counter(),
-        )
+        start_s = time.perf_counter()
         route = self._routes.get(model_name)
         try:
-            if route is None:
-                model = self._registry.get(call.model, call.version)
-                return self._here(call, model, model.infer(call.inputs, call.outputs))
+            if route is None:  # no fallback: straight to the model (the hot path, kept lean)
+                model = self._registry.get(model_name, version)
+                results = model.infer(inputs, outputs)
+                return self._here(model, results, start_s=start_s, request_id=request_id)
+            call = InferCall(
+                model=model_name,
+                inputs=inputs,
+                version=version,
+                outputs=outputs,
+                request_id=request_id,
+                reply=reply or _NO_FORMAT,
+                start_s=start_s,
+            )
             return self._route(call, route)
         except AgentError as exc:
             label = model_name if self.knows(model_name) else UNKNOWN_MODEL
@@ -287,7 +294,9 @@ class Router:
         if decision.reason is None:
             assert decision.model is not None
             assert decision.local is not None
-            return self._here(call, decision.model, decision.local)
+            return self._here(
+                decision.model, decision.local, start_s=call.start_s, request_id=call.request_id
+            )
         self._metrics.fallback(call.model, decision.reason.value).inc()
         request_id = call.request_id or f"{self._id_prefix}-{next(self._id_counter):x}"
         cloud_call = CloudCall(
@@ -352,16 +361,16 @@ class Router:
 
     def _here(
         self,
-        call: InferCall,
         model: LoadedModel,
         outputs: dict[str, Array],
         *,
+        start_s: float,
+        request_id: str | None,
         degraded: bool = False,
-        request_id: str | None = None,
     ) -> RoutedResult:
         """The answer computed here: counted, and marked degraded when the cloud was wanted."""
         bound = self._metrics.model(model.name)
-        bound.inference_edge.observe(time.perf_counter() - call.start_s)
+        bound.inference_edge.observe(time.perf_counter() - start_s)
         bound.requests_edge.inc()
         if degraded:
             bound.degraded.inc()
@@ -373,7 +382,7 @@ class Router:
             batched=model.batched,
             fallback_reason=FallbackReason.CLOUD_UNAVAILABLE.value if degraded else None,
             degraded=degraded,
-            request_id=request_id or call.request_id,
+            request_id=request_id,
         )
 
     def _cloud_away(
@@ -390,7 +399,13 @@ class Router:
             local = decision.local
             if local is None:
                 local = model.infer(call.inputs, call.outputs)
-            return self._here(call, model, local, degraded=True, request_id=cloud_call.request_id)
+            return self._here(
+                model,
+                local,
+                start_s=call.start_s,
+                request_id=cloud_call.request_id,
+                degraded=True,
+            )
         if route.on_unavailable == "queue":
             cloud = self._cloud
             assert cloud is not None
