@@ -114,6 +114,8 @@ def _serve_hub(case: Case, workdir: Path) -> tuple[subprocess.Popen[bytes], int]
             str(repo),
             "--port",
             str(port),
+            "--grpc-port",
+            "off",
             "--log-level",
             "warning",
         ],

@@ -22,7 +22,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from protocols import (
-    Datatype,
     ErrorResponse,
     ProtocolError,
     ServerMetadata,
@@ -35,9 +34,10 @@ from .body_limit import BodyLimit
 from .errors import HubError, error_headers
 from .fastpath import InferencePath
 from .metrics import HubMetrics
-from .repository import LoadedVersion, ModelRepository
+from .repository import ModelRepository
 from .service import InferenceService
 from .settings import HubSettings
+from .triton_config import triton_config
 
 __all__ = ["EXTENSIONS", "create_app"]
 
@@ -65,10 +65,10 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     )
 }
 
-_TRITON_TYPES = {dt: f"TYPE_{'STRING' if dt is Datatype.BYTES else dt.value}" for dt in Datatype}
 
-
-def create_app(settings: HubSettings) -> ASGIApp:
+def create_app(settings: HubSettings, *, serve_grpc: bool = False) -> ASGIApp:
+    """The HTTP API; with ``serve_grpc`` (and ``settings.grpc_port``) its lifespan also runs
+    the gRPC listener in the same event loop."""
     metrics = HubMetrics()
     limits = settings.limits.to_limits()
     access = Access(settings.auth, metrics)
@@ -98,6 +98,18 @@ def create_app(settings: HubSettings) -> ASGIApp:
             state["bridge"] = bridge
             await asyncio.to_thread(releases.announce_all, release_store, bridge)
             await bridge.start()
+        if serve_grpc and settings.grpc_port:
+            from .grpc import GrpcListener
+
+            listener = GrpcListener(
+                settings,
+                service=service,
+                access=access,
+                ready=lambda: bool(state["ready"]),
+                extensions=EXTENSIONS,
+            )
+            await listener.start()
+            state["grpc"] = listener
         state["ready"] = True
         logger.info(
             "hub ready: %d model versions loaded from %s",
@@ -108,6 +120,8 @@ def create_app(settings: HubSettings) -> ASGIApp:
             yield
         finally:
             state["ready"] = False
+            if "grpc" in state:
+                await state["grpc"].stop(settings.graceful_shutdown_s)
             if "bridge" in state:
                 await state["bridge"].stop(drain_timeout_s=settings.graceful_shutdown_s)
             await repository.close()
@@ -203,7 +217,7 @@ def create_app(settings: HubSettings) -> ASGIApp:
     @app.get("/v2/models/{model}/config", dependencies=[infer_scope])
     @app.get("/v2/models/{model}/versions/{version}/config", dependencies=[infer_scope])
     async def model_config(model: str, version: str | None = None) -> dict[str, Any]:
-        return _triton_config(repository.get(model, version))
+        return triton_config(repository.get(model, version))
 
     @app.get("/v2/models/{model}/stats", dependencies=[infer_scope])
     @app.get("/v2/models/{model}/versions/{version}/stats", dependencies=[infer_scope])
@@ -241,40 +255,3 @@ def create_app(settings: HubSettings) -> ASGIApp:
     )
     # Outermost, so the inference path and the FastAPI routes share one body limit.
     return BodyLimit(inference, max_bytes=settings.limits.payload_max_bytes, metrics=metrics)
-
-
-def _triton_config(loaded: LoadedVersion) -> dict[str, Any]:
-    config = loaded.config
-
-    def tensor(t: Any) -> dict[str, Any]:
-        return {"name": t.name, "data_type": _TRITON_TYPES[t.datatype], "dims": list(t.dims)}
-
-    out: dict[str, Any] = {
-        "name": loaded.model,
-        "platform": loaded.platform,
-        "backend": config.backend,
-        "max_batch_size": config.max_batch_size,
-        "input": [tensor(t) for t in loaded.inputs],
-        "output": [tensor(t) for t in loaded.outputs],
-        "instance_group": [{"count": config.instance_count, "kind": "KIND_AUTO"}],
-        "runtime": loaded.backend.name,
-    }
-    policy = config.version_policy
-    if policy.all:
-        out["version_policy"] = {"all": {}}
-    elif policy.specific is not None:
-        out["version_policy"] = {"specific": {"versions": policy.specific}}
-    else:
-        out["version_policy"] = {"latest": {"num_versions": policy.latest or 1}}
-    if config.dynamic_batching is not None:
-        out["dynamic_batching"] = {
-            "preferred_batch_size": config.dynamic_batching.preferred_batch_sizes,
-            "max_queue_delay_microseconds": config.dynamic_batching.max_queue_delay_us,
-            "default_queue_policy": {
-                "max_queue_size": config.dynamic_batching.max_queue_size,
-                "default_timeout_microseconds": config.dynamic_batching.default_timeout_us,
-            },
-        }
-    if config.response_cache.enabled:
-        out["response_cache"] = {"enable": True}
-    return out

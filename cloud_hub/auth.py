@@ -100,7 +100,8 @@ class Authenticator:
                 algorithms=settings.algorithms,
                 audience=settings.audience,
                 issuer=settings.issuer,
-                options={"require": ["exp"]},
+                # Without a configured audience, a token's own ``aud`` is not held against it.
+                options={"require": ["exp"], "verify_aud": settings.audience is not None},
             )
         except jwt.PyJWTError as exc:
             raise AuthenticationError(f"invalid token: {exc}") from None

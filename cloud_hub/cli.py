@@ -25,6 +25,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.add_argument(
+        "--grpc-port",
+        type=_grpc_port,
+        help="gRPC port of the Open Inference Protocol (default 8001); 0 or 'off' turns it off",
+    )
+    tls = serve.add_argument_group("TLS (HTTP and gRPC)")
+    tls.add_argument("--tls-cert-file", type=Path, help="PEM certificate chain of the listeners")
+    tls.add_argument("--tls-key-file", type=Path, help="PEM private key of the certificate")
+    tls.add_argument(
+        "--tls-client-ca-file",
+        type=Path,
+        help="PEM CA bundle: require client certificates it signed (mutual TLS)",
+    )
+    serve.add_argument(
         "--config", type=Path, help="YAML settings file; HYBRID_HUB_* variables override it"
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -44,8 +57,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _grpc_port(value: str) -> int:
+    return 0 if value.strip().lower() == "off" else int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    tls = {
+        key: value
+        for key, value in {
+            "cert_file": args.tls_cert_file,
+            "key_file": args.tls_key_file,
+            "client_ca_file": args.tls_client_ca_file,
+        }.items()
+        if value is not None
+    }
     mqtt = {
         key: value
         for key, value in {
@@ -66,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             model_repository=args.model_repository,
             host=args.host,
             port=args.port,
+            grpc_port=args.grpc_port,
+            tls=tls or None,
             log_level=args.log_level,
             mqtt=mqtt or None,
         )

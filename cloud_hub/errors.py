@@ -6,7 +6,8 @@
      ├── AuthenticationError       401: no or wrong credentials
      ├── PermissionDeniedError     403: credentials without the needed scope, or a remote
      │                             client while the hub serves loopback only
-     ├── ModelNotFoundError        404: unknown model or version, or not loaded
+     ├── ModelNotFoundError        404: unknown model or version
+     │    └── ModelNotLoadedError  404: a model of the repository that serves no version now
      ├── PayloadTooLargeError      413: body over the limit
      ├── RateLimitedError          429: per-key rate limit; ``retry_after_s``
      ├── UnavailableError          503: not ready, draining, or a model being unloaded
@@ -32,6 +33,7 @@ __all__ = [
     "InferenceError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "ModelNotLoadedError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "QueueFullError",
@@ -68,6 +70,10 @@ class PermissionDeniedError(HubError):
 
 class ModelNotFoundError(HubError):
     status = 404
+
+
+class ModelNotLoadedError(ModelNotFoundError):
+    pass
 
 
 class PayloadTooLargeError(HubError):

@@ -27,7 +27,14 @@ from protocols import Datatype, ModelMetadata, TensorMetadata, datatype_of
 
 from .backends.base import MODEL_FILES, Backend, BackendOptions, TensorSpec, load_backend_class
 from .batcher import DynamicBatcher
-from .errors import BadRequestError, ConfigError, HubError, ModelLoadError, ModelNotFoundError
+from .errors import (
+    BadRequestError,
+    ConfigError,
+    HubError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelNotLoadedError,
+)
 from .metrics import HubMetrics, VersionStats
 from .model_config import NAME, DynamicBatching, ModelConfig, TensorConfig, load_model_config
 
@@ -284,7 +291,7 @@ class ModelRepository:
         if model is None or not model.versions:
             if model is None:
                 self.folder(name)  # 404 for names that are not in the repository at all
-            raise ModelNotFoundError(
+            raise ModelNotLoadedError(
                 f"model {name!r} is not loaded"
                 + (f": {model.reason}" if model and model.reason else "")
             )

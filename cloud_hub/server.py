@@ -1,4 +1,4 @@
-"""Run the hub: uvicorn serving the app, graceful on SIGTERM.
+"""Run the hub: uvicorn serving the app (and the gRPC listener in its loop), graceful on SIGTERM.
 
 On SIGTERM or Ctrl-C uvicorn stops accepting connections and lets in-flight requests finish (up
 to ``graceful_shutdown_s``); then the lifespan drains every model's queue and closes backends.
@@ -7,6 +7,7 @@ to ``graceful_shutdown_s``); then the lifespan drains every model's queue and cl
 from __future__ import annotations
 
 import logging
+import ssl
 
 import uvicorn
 
@@ -28,11 +29,16 @@ def run(settings: HubSettings) -> None:
                 "(403 for everyone else); configure auth to serve the network",
                 settings.host,
             )
-    app = create_app(settings)
+    app = create_app(settings, serve_grpc=True)
+    tls = settings.tls
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        ssl_certfile=tls.cert_file if tls else None,
+        ssl_keyfile=tls.key_file if tls else None,
+        ssl_ca_certs=str(tls.client_ca_file) if tls and tls.client_ca_file else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca_file else ssl.CERT_NONE,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s) or None,
@@ -41,6 +47,10 @@ def run(settings: HubSettings) -> None:
     )
     server = uvicorn.Server(config)
     logger.info(
-        "serving %s on http://%s:%d", settings.model_repository, settings.host, settings.port
+        "serving %s on %s://%s:%d",
+        settings.model_repository,
+        "https" if tls else "http",
+        settings.host,
+        settings.port,
     )
     server.run()

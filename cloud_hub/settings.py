@@ -37,6 +37,7 @@ __all__ = [
     "HubSettings",
     "JwtSettings",
     "LimitsSettings",
+    "TlsSettings",
     "load_settings",
 ]
 
@@ -73,7 +74,12 @@ class JwtSettings(_Section):
     """PEM public key for RS*/ES*/EdDSA."""
     algorithms: list[str] = Field(default_factory=lambda: ["HS256"])
     audience: str | None = None
+    """The ``aud`` a token must carry; required unless ``require_audience`` is false."""
     issuer: str | None = None
+    """The ``iss`` a token must carry; required unless ``require_issuer`` is false."""
+    require_audience: bool = True
+    """Turn off only where the identity provider issues tokens for this hub alone."""
+    require_issuer: bool = True
     scope_claim: str = "scope"
     """A space-separated string or a list of scopes."""
     rate_limit_per_s: Annotated[float, Field(gt=0)] | None = None
@@ -85,6 +91,11 @@ class JwtSettings(_Section):
             raise ValueError("set exactly one of jwt.secret and jwt.public_key_file")
         if self.public_key_file is not None and not self.public_key_file.is_file():
             raise ValueError(f"jwt.public_key_file {self.public_key_file} does not exist")
+        # A token minted for another service of the same identity provider must not pass here.
+        if self.require_audience and not self.audience:
+            raise ValueError("set jwt.audience (or jwt.require_audience: false to accept any)")
+        if self.require_issuer and not self.issuer:
+            raise ValueError("set jwt.issuer (or jwt.require_issuer: false to accept any)")
         return self
 
 
@@ -109,6 +120,29 @@ class LimitsSettings(_Section):
 
     def to_limits(self) -> Limits:
         return Limits(**self.model_dump())
+
+
+class TlsSettings(_Section):
+    """TLS on the HTTP and gRPC listeners; with ``client_ca_file``, mutual TLS.
+
+    Files are read at start: a renewed certificate takes effect on restart (a rolling restart
+    behind a load balancer drops no request; see docs/deploy.md).
+    """
+
+    cert_file: Path
+    """PEM certificate chain the listeners present, leaf first."""
+    key_file: Path
+    """PEM private key of ``cert_file``."""
+    client_ca_file: Path | None = None
+    """PEM CA bundle; when set, every client must present a certificate it signed."""
+
+    @model_validator(mode="after")
+    def _files(self) -> TlsSettings:
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"tls.{name} {path} does not exist")
+        return self
 
 
 class MqttSettings(_Section):
@@ -162,6 +196,10 @@ class HubSettings(BaseSettings):
     model_repository: Path
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    grpc_port: Annotated[int, Field(ge=0, le=65535)] = 8001
+    """The Open Inference Protocol over gRPC on this port of ``host``; 0 turns it off."""
+    tls: TlsSettings | None = None
+    """Serve HTTP and gRPC over TLS (and mutual TLS with ``tls.client_ca_file``)."""
     load_models: Literal["all", "none"] | list[str] = "all"
     """Models loaded at start: every folder, none (load them through the API), or these."""
     limits: LimitsSettings = Field(default_factory=LimitsSettings)

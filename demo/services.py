@@ -197,6 +197,8 @@ def start_hub(
             str(repository),
             "--port",
             str(port),
+            "--grpc-port",
+            "off",
             "--mqtt-broker",
             broker.address,
             "--log-level",

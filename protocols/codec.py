@@ -53,9 +53,11 @@ __all__ = [
     "DecodedRequest",
     "DecodedResponse",
     "EncodedBody",
+    "decode_binary_tensor",
     "decode_request",
     "decode_response",
     "deserialize_bytes_tensor",
+    "encode_binary_tensor",
     "encode_request",
     "encode_response",
     "parse_header_length",
@@ -301,6 +303,30 @@ def _validate(model: type[_M], raw: Buffer) -> _M:
         return model.model_validate_json(bytes(raw) if isinstance(raw, memoryview) else raw)
     except ValidationError as exc:
         raise _protocol_error(exc) from None
+
+
+def decode_binary_tensor(
+    raw: Buffer,
+    datatype: Datatype,
+    shape: Sequence[int],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    location: str | None = None,
+) -> np.ndarray[Any, Any]:
+    """One tensor from its raw little-endian bytes (BYTES: length-prefixed elements), as the
+    binary extension and gRPC's ``raw_input_contents`` carry it; a read-only view where aligned."""
+    try:
+        count = _check_shape_limits(shape, limits)
+        return _from_binary(as_bytes_view(raw), datatype, list(shape), count, limits)
+    except ProtocolError as exc:
+        if location is None:
+            raise
+        raise type(exc)(exc.message, location=location) from None
+
+
+def encode_binary_tensor(array: np.ndarray[Any, Any], datatype: Datatype) -> Buffer:
+    """The raw bytes of one tensor, as :func:`decode_binary_tensor` reads them."""
+    return _to_binary(array, datatype)
 
 
 def serialize_bytes_tensor(array: np.ndarray[Any, Any]) -> bytes:

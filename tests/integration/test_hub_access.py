@@ -74,7 +74,7 @@ def secured_hub(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> I
                         "burst": 2,
                     },
                 ],
-                "jwt": {"secret": JWT_SECRET, "audience": "hub"},
+                "jwt": {"secret": JWT_SECRET, "audience": "hub", "issuer": "idp"},
             },
         },
     )
@@ -104,9 +104,20 @@ def call(
 
 
 def token(
-    scope: str, *, expires_in_s: float = 60, audience: str = "hub", secret: str = JWT_SECRET
+    scope: str,
+    *,
+    expires_in_s: float = 60,
+    audience: str = "hub",
+    issuer: str = "idp",
+    secret: str = JWT_SECRET,
 ) -> str:
-    claims = {"sub": "svc", "scope": scope, "aud": audience, "exp": int(time.time() + expires_in_s)}
+    claims = {
+        "sub": "svc",
+        "scope": scope,
+        "aud": audience,
+        "iss": issuer,
+        "exp": int(time.time() + expires_in_s),
+    }
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -122,6 +133,7 @@ def test_health_is_open(secured_hub: HubProcess) -> None:
         ("wrong-key-0123456789abcdef", 401, "invalid"),
         ("expired", 401, "invalid token: Signature has expired"),
         ("bad-audience", 401, "invalid token"),
+        ("bad-issuer", 401, "invalid token: Invalid issuer"),
         ("bad-signature", 401, "invalid token: Signature verification failed"),
     ],
 )
@@ -131,6 +143,7 @@ def test_missing_or_wrong_credentials(
     tokens = {
         "expired": token("infer", expires_in_s=-10),
         "bad-audience": token("infer", audience="other"),
+        "bad-issuer": token("infer", issuer="someone-else"),
         "bad-signature": token("infer", secret="another-secret-0123456789abcdefgh"),
     }
     got, reply, headers = call(

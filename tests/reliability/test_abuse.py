@@ -67,7 +67,7 @@ def hub(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                         "burst": FLOOD_BURST,
                     },
                 ],
-                "jwt": {"secret": JWT_SECRET, "audience": "hub"},
+                "jwt": {"secret": JWT_SECRET, "audience": "hub", "issuer": "idp"},
             },
         },
     )
@@ -98,7 +98,13 @@ def call(
 
 
 def jwt_token(scope: str, *, expires_in_s: float = 60, secret: str = JWT_SECRET) -> str:
-    claims = {"sub": "abuser", "scope": scope, "aud": "hub", "exp": int(time.time() + expires_in_s)}
+    claims = {
+        "sub": "abuser",
+        "scope": scope,
+        "aud": "hub",
+        "iss": "idp",
+        "exp": int(time.time() + expires_in_s),
+    }
     return jwt.encode(claims, secret, algorithm="HS256")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -46,11 +47,19 @@ class HubProcess:
     config: Mapping[str, Any] | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    grpc_port: int = 0
+    """0 keeps the gRPC listener off; pass ``free_port()`` to serve gRPC too."""
     process: subprocess.Popen[bytes] | None = None
+    ssl_context: ssl.SSLContext | None = None
+    """How to reach a hub serving TLS (its CA, and a client certificate for mutual TLS)."""
 
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def log(self) -> str:
@@ -65,6 +74,8 @@ class HubProcess:
             str(self.repository),
             "--port",
             str(self.port),
+            "--grpc-port",
+            str(self.grpc_port),
         ]
         if self.config is not None:
             conf = self.workdir / "hub.yaml"
@@ -79,8 +90,9 @@ class HubProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"cloud-hub exited with {self.process.returncode}:\n{self.log}")
             try:
+                scheme = "https" if self.ssl_context else "http"
                 with urllib.request.urlopen(
-                    f"http://{self.url}/v2/health/ready", timeout=1
+                    f"{scheme}://{self.url}/v2/health/ready", timeout=1, context=self.ssl_context
                 ) as reply:
                     if reply.status == 200:
                         return

@@ -88,6 +88,50 @@ def test_settings_errors_list_every_field(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.yaml")
 
 
+def test_grpc_port_and_tls_settings(tmp_path: Path) -> None:
+    assert load_settings(None, model_repository=tmp_path).grpc_port == 8001
+    assert load_settings(None, model_repository=tmp_path, grpc_port=0).grpc_port == 0
+    with pytest.raises(ConfigError, match=r"tls.cert_file .*cert.pem does not exist"):
+        load_settings(
+            None,
+            model_repository=tmp_path,
+            tls={"cert_file": tmp_path / "cert.pem", "key_file": tmp_path / "key.pem"},
+        )
+
+
+@pytest.mark.parametrize(
+    ("jwt", "fragment"),
+    [
+        ({"secret": "s" * 32}, "set jwt.audience"),
+        ({"secret": "s" * 32, "audience": "hub"}, "set jwt.issuer"),
+        ({"secret": "s" * 32, "issuer": "idp"}, "set jwt.audience"),
+    ],
+)
+def test_jwt_needs_audience_and_issuer(tmp_path: Path, jwt: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(None, model_repository=tmp_path, auth={"jwt": jwt})
+
+
+def test_jwt_audience_and_issuer_checks_may_be_turned_off(tmp_path: Path) -> None:
+    import time
+
+    import jwt
+
+    secret = "s" * 32
+    settings = load_settings(
+        None,
+        model_repository=tmp_path,
+        auth={"jwt": {"secret": secret, "require_audience": False, "require_issuer": False}},
+    )
+    auth = Authenticator(settings.auth)
+    token = jwt.encode(
+        {"scope": "infer", "aud": "anything", "iss": "anyone", "exp": int(time.time() + 60)},
+        secret,
+        algorithm="HS256",
+    )
+    assert auth.authenticate({"authorization": f"Bearer {token}"}).scopes == {"infer"}
+
+
 def test_token_bucket() -> None:
     bucket = TokenBucket(rate_per_s=2, burst=2, updated_s=0.0)
     assert bucket.take(0.0) is None

@@ -1,0 +1,96 @@
+"""The gRPC listener: a ``grpc.aio`` server in the hub's event loop, beside uvicorn.
+
+It shares the loop (and so the batchers, which belong to it) with the HTTP API; the app's
+lifespan starts it before the hub reports ready and stops it, letting calls in flight finish for
+up to ``graceful_shutdown_s``, before the models are drained.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import grpc
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from ..access import Access
+from ..errors import ConfigError
+from ..service import InferenceService
+from ..settings import HubSettings, TlsSettings
+from .service import InferenceServicer
+
+__all__ = ["GrpcListener", "server_credentials"]
+
+logger = logging.getLogger(__name__)
+
+
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """TLS credentials from the settings' files; with a client CA, clients must present a
+    certificate it signed (mutual TLS)."""
+    try:
+        key = tls.key_file.read_bytes()
+        chain = tls.cert_file.read_bytes()
+        ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file: {exc}") from exc
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+class GrpcListener:
+    """``inference.GRPCInferenceService`` on ``settings.host:settings.grpc_port``."""
+
+    def __init__(
+        self,
+        settings: HubSettings,
+        *,
+        service: InferenceService,
+        access: Access,
+        ready: Callable[[], bool],
+        extensions: list[str],
+    ) -> None:
+        self._settings = settings
+        self._servicer = InferenceServicer(
+            service=service,
+            access=access,
+            ready=ready,
+            server_name=settings.server_name,
+            extensions=extensions,
+        )
+        self._server: grpc.aio.Server | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        settings = self._settings
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.limits.payload_max_bytes),
+                ("grpc.max_send_message_length", -1),
+                # Two hubs on one port would split the calls between them unnoticed.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        address = f"{host}:{settings.grpc_port}"
+        try:
+            if settings.tls is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, server_credentials(settings.tls))
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from exc
+        if port == 0:
+            raise ConfigError(f"cannot listen for gRPC on {address}")
+        await server.start()
+        self._server = server
+        self.port = port
+        logger.info(
+            "serving gRPC on %s://%s:%d", "grpcs" if settings.tls else "grpc", settings.host, port
+        )
+
+    async def stop(self, grace_s: float) -> None:
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            self._server = None
