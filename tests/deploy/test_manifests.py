@@ -280,7 +280,10 @@ def test_compose_hub_and_agent_settings_load_and_match_the_defaults(
     host, port = settings.mqtt.host_port()
     assert host == "mosquitto"
     assert port == 8884
-    assert [p.split(":")[-1] for p in hub["ports"]] == [str(_hub_port())]
+    assert [p.split()[0].split(":")[-1] for p in hub["ports"]] == [
+        str(_hub_port()),
+        str(HubSettings.model_fields["grpc_port"].default),
+    ]
 
     agent = compose["services"]["agent"]
     mounts = _mounts(agent, credentials)
@@ -323,7 +326,7 @@ def test_the_credentials_script_refuses_names_the_acl_cannot_hold(tmp_path: Path
 # -- Kubernetes -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["base", "overlays/gpu"])
+@pytest.fixture(scope="module", params=["base", "overlays/gpu", "overlays/tls"])
 def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     return request.param, kustomize.render(K8S / request.param)
 
@@ -429,6 +432,9 @@ def test_the_hub_deployment_probes_real_routes_and_loads_its_config(
     (tmp_path / "resolved.yaml").write_text(yaml.safe_dump(data))
     for env in hub["env"]:
         assert env["name"].startswith("HYBRID_HUB_")
+        if "value" in env:  # a path in the container
+            monkeypatch.setenv(env["name"], str(_resolve(env["value"], mounts)))
+            continue
         placeholder = (
             json.dumps([{"name": "apps", "key": "k" * 32, "scopes": ["infer"]}])
             if env["name"] == "HYBRID_HUB_AUTH__API_KEYS"
@@ -448,6 +454,18 @@ def test_the_hub_deployment_probes_real_routes_and_loads_its_config(
         ]
         > settings.graceful_shutdown_s
     )
+    assert settings.grpc_port in ports.values()
+    service_ports = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
+    assert service_ports["grpc"] in ports
+    if variant == "overlays/tls":
+        assert settings.tls is not None
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert hub[probe]["httpGet"]["scheme"] == "HTTPS"
+        for ingress in ("cloud-hub-http", "cloud-hub-grpc"):
+            backend = kustomize.find(docs, "Ingress", ingress)["spec"]["rules"][0]["http"]
+            assert backend["paths"][0]["backend"]["service"]["port"]["name"] in service_ports
+    else:
+        assert settings.tls is None
     if variant == "overlays/gpu":
         assert hub["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert hub["image"].endswith("-gpu")
