@@ -9,6 +9,7 @@ BENCHMARKS = [
     "protocol_codec",
     "edge_overhead",
     "hub_batching",
+    "hub_vs_triton",
     "fallback",
     "converter",
     "quantum",
