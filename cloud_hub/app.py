@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -110,6 +111,11 @@ def create_app(settings: HubSettings, *, serve_grpc: bool = False) -> ASGIApp:
             )
             await listener.start()
             state["grpc"] = listener
+        # What is alive now (modules, settings, loaded models) lives as long as the process:
+        # frozen out of the collector's view, a full collection no longer walks it, which
+        # otherwise stalls every request in flight for up to ~100 ms (benchmarks/RESULTS.md).
+        gc.collect()
+        gc.freeze()
         state["ready"] = True
         logger.info(
             "hub ready: %d model versions loaded from %s",
