@@ -670,3 +670,22 @@ def test_threads_share_one_channel(hub: HubProcess) -> None:
             assert all(pool.map(call, range(16)))
     finally:
         c.close()
+
+
+def test_a_taken_grpc_port_stops_the_hub_with_a_clear_message(
+    repository: Path, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        hub = HubProcess(
+            repository=repository,
+            workdir=tmp_path,
+            config={"load_models": ["add_sub"]},
+            grpc_port=taken.getsockname()[1],
+        )
+        with pytest.raises(RuntimeError, match="cloud-hub exited"):
+            hub.start()
+    assert f"cannot listen for gRPC on 127.0.0.1:{hub.grpc_port}" in hub.log
