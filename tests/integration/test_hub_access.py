@@ -292,3 +292,39 @@ def test_environment_variables_configure_the_hub(repository: Path, tmp_path: Pat
         assert index == {"add_sub": "READY", "slow_batch": "UNAVAILABLE"}
     finally:
         hub.stop()
+
+
+def test_metrics_can_require_credentials(repository: Path, tmp_path: Path) -> None:
+    hub = HubProcess(
+        repository=repository,
+        workdir=tmp_path,
+        config={
+            "load_models": "none",
+            "metrics_public": False,
+            "auth": {
+                "api_keys": [
+                    {"name": "app", "key": INFER_KEY, "scopes": ["infer"]},
+                    {"name": "ops", "key": ADMIN_KEY, "scopes": ["infer", "admin"]},
+                ]
+            },
+        },
+    )
+    hub.start()
+    try:
+        assert _get(hub, "/metrics", None)[0] == 401
+        assert _get(hub, "/metrics", INFER_KEY)[0] == 403
+        status, text = _get(hub, "/metrics", ADMIN_KEY)
+        assert status == 200
+        assert "hub_models_loaded" in text
+    finally:
+        hub.stop()
+
+
+def _get(hub: HubProcess, path: str, token: str | None) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        reply = conn.getresponse()
+        return reply.status, reply.read().decode()
+    finally:
+        conn.close()
