@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     from .server import run
 
-    run(settings)
+    try:
+        run(settings)
+    except ConfigError as exc:
+        print(f"cloud-hub: {exc.message}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -13,6 +13,7 @@ import uvicorn
 
 from .app import create_app
 from .settings import HubSettings
+from .tls import http_context
 
 __all__ = ["run"]
 
@@ -45,6 +46,11 @@ def run(settings: HubSettings) -> None:
         lifespan="on",
         server_header=False,
     )
+    if tls is not None:
+        # uvicorn's own context cannot take renewed files; this one reloads them by itself.
+        context = http_context(tls)
+        config.load()
+        config.ssl = context
     server = uvicorn.Server(config)
     logger.info(
         "serving %s on %s://%s:%d",

@@ -125,8 +125,8 @@ class LimitsSettings(_Section):
 class TlsSettings(_Section):
     """TLS on the HTTP and gRPC listeners; with ``client_ca_file``, mutual TLS.
 
-    Files are read at start: a renewed certificate takes effect on restart (a rolling restart
-    behind a load balancer drops no request; see docs/deploy.md).
+    Renewed files are picked up while serving (:mod:`cloud_hub.tls`): new connections get them,
+    open ones keep what they had.
     """
 
     cert_file: Path
@@ -135,6 +135,8 @@ class TlsSettings(_Section):
     """PEM private key of ``cert_file``."""
     client_ca_file: Path | None = None
     """PEM CA bundle; when set, every client must present a certificate it signed."""
+    reload_check_s: Annotated[float, Field(ge=0)] = 5.0
+    """How often, at most, a new connection looks whether the files changed; 0: never."""
 
     @model_validator(mode="after")
     def _files(self) -> TlsSettings:

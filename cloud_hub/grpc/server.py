@@ -16,26 +16,13 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from ..access import Access
 from ..errors import ConfigError
 from ..service import InferenceService
-from ..settings import HubSettings, TlsSettings
+from ..settings import HubSettings
+from ..tls import grpc_credentials
 from .service import InferenceServicer
 
-__all__ = ["GrpcListener", "server_credentials"]
+__all__ = ["GrpcListener"]
 
 logger = logging.getLogger(__name__)
-
-
-def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
-    """TLS credentials from the settings' files; with a client CA, clients must present a
-    certificate it signed (mutual TLS)."""
-    try:
-        key = tls.key_file.read_bytes()
-        chain = tls.cert_file.read_bytes()
-        ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
-    except OSError as exc:
-        raise ConfigError(f"cannot read a TLS file: {exc}") from exc
-    return grpc.ssl_server_credentials(
-        [(key, chain)], root_certificates=ca, require_client_auth=ca is not None
-    )
 
 
 class GrpcListener:
@@ -78,7 +65,7 @@ class GrpcListener:
             if settings.tls is None:
                 port = server.add_insecure_port(address)
             else:
-                port = server.add_secure_port(address, server_credentials(settings.tls))
+                port = server.add_secure_port(address, grpc_credentials(settings.tls))
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from exc
         if port == 0:

@@ -8,6 +8,7 @@ import http.client
 import ipaddress
 import json
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,3 +315,81 @@ def test_mutual_tls_over_grpc(mtls_hub: HubProcess, pki: Pki) -> None:
         private_key=str(pki.client_key),
         certificate_chain=str(pki.client_cert),
     )
+
+
+# -- renewed certificates, picked up while serving --------------------------------------------------
+
+
+def _served_certificate(hub: HubProcess, context: ssl.SSLContext) -> x509.Certificate:
+    import socket
+
+    with (
+        socket.create_connection(("127.0.0.1", hub.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def test_renewed_files_are_served_without_a_restart(
+    repository: Path, pki: Pki, tmp_path: Path
+) -> None:
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    cert.write_bytes(pki.server_cert.read_bytes())
+    key.write_bytes(pki.server_key.read_bytes())
+    old_ca = _context(pki.ca)
+    hub = _start(
+        repository,
+        tmp_path,
+        {"cert_file": str(cert), "key_file": str(key), "reload_check_s": 0.2},
+        old_ca,
+    )
+    try:
+        before = _served_certificate(hub, old_ca)
+        keep_alive = http.client.HTTPSConnection("127.0.0.1", hub.port, timeout=10, context=old_ca)
+        keep_alive.request("GET", "/v2/health/ready")
+        assert keep_alive.getresponse().read()
+        channel = triton.InferenceServerClient(
+            hub.grpc_url, ssl=True, root_certificates=str(pki.ca)
+        )
+        assert channel.is_server_ready()
+
+        # A mismatched pair (a half-finished renewal) is refused; the old files keep serving.
+        other_ca, other_ca_key = _ca("renewal CA")
+        renewed, renewed_key = _leaf("hub", other_ca, other_ca_key, server=True)
+        _write_cert(cert, renewed)
+        time.sleep(0.5)
+        assert _served_certificate(hub, old_ca).serial_number == before.serial_number
+        np.testing.assert_array_equal(
+            _grpc_infer(hub, root_certificates=str(pki.ca)),
+            np.array([[0, 2, 4, 6]], np.float32),
+        )
+
+        # The matching key arrives: new handshakes get the renewed certificate.
+        _write_key(key, renewed_key)
+        new_ca = _write_cert(tmp_path / "renewal-ca.pem", other_ca)
+        time.sleep(0.5)
+        served = _served_certificate(hub, _context(new_ca))
+        assert served.serial_number == renewed.serial_number
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _served_certificate(hub, old_ca)
+        np.testing.assert_array_equal(
+            _grpc_infer(hub, root_certificates=str(new_ca)),
+            np.array([[0, 2, 4, 6]], np.float32),
+        )
+        with pytest.raises(InferenceServerException):
+            _grpc_infer(hub, root_certificates=str(pki.ca))
+
+        # Connections opened before the renewal keep working.
+        keep_alive.request("GET", "/v2/health/ready")
+        assert keep_alive.getresponse().status == 200
+        assert channel.is_server_ready()
+        channel.close()
+        keep_alive.close()
+    finally:
+        hub.stop()
+    assert "do not load" in hub.log
+    assert "reloaded the certificate" in hub.log
