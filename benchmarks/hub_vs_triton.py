@@ -511,19 +511,24 @@ def table(points_by_case: dict[str, list[Point]], cpus: Cpus) -> str:
     return "\n".join([*lines, "", *notes]).rstrip() + "\n"
 
 
-def run(quick: bool = False, models: list[str] | None = None, with_naive: bool = True) -> str:
+def run(
+    quick: bool = False,
+    models: list[str] | None = None,
+    with_naive: bool = True,
+    levels: tuple[int, ...] | None = None,
+) -> str:
     for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client")):
         if shutil.which(tool) is None:
             message = f"hub_vs_triton not run: {tool} is missing (apt-get install {package})"
             print(message)
             return message
-    levels = (1, 16) if quick else CONCURRENCY
+    levels = levels or ((1, 16) if quick else CONCURRENCY)
     cpus = Cpus.split()
     results = {}
     for case in cases(models or ["tiny", "mobilenetv2"], quick):
         results[case.name] = run_case(case, levels, cpus, with_naive)
     text = table(results, cpus)
-    if not quick:
+    if not quick and levels == CONCURRENCY:
         write_section("hub_vs_triton", text)
     print(text)
     return text
@@ -536,5 +541,11 @@ if __name__ == "__main__":
         "--models", nargs="+", choices=["tiny", "mobilenetv2"], help="default: both"
     )
     parser.add_argument("--no-naive", action="store_true", help="leave the naive server out")
+    parser.add_argument("--levels", nargs="+", type=int, help=f"default: {CONCURRENCY}")
     args = parser.parse_args()
-    run(quick=args.quick, models=args.models, with_naive=not args.no_naive)
+    run(
+        quick=args.quick,
+        models=args.models,
+        with_naive=not args.no_naive,
+        levels=tuple(args.levels) if args.levels else None,
+    )
