@@ -38,6 +38,7 @@ from .metrics import HubMetrics
 from .repository import LoadedVersion, ModelRepository
 from .service import InferenceService
 from .settings import HubSettings
+from .store import open_store
 
 __all__ = ["EXTENSIONS", "create_app"]
 
@@ -79,10 +80,21 @@ def create_app(settings: HubSettings) -> ASGIApp:
 
     service = InferenceService(repository, limits)
     fleet_view = fleet.FleetView(metrics)
-    release_store = releases.ReleaseStore(artifacts.ArtifactStore(artifacts.store_root(settings)))
+    # Shared by every replica: artifacts, uploads, releases, conversion jobs (docs/hub.md).
+    objects = open_store(settings)
+    artifact_store = artifacts.ArtifactStore(objects)
+    release_store = releases.ReleaseStore(artifact_store, work_dir=settings.conversions.work_dir)
+    announcements = releases.Announcements(
+        release_store, lambda: state.get("bridge"), settings.announce_interval_s
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await asyncio.to_thread(objects.children, "")
+        except HubError as exc:
+            raise HubError(f"the store is out of reach: {exc.message}") from exc
+        logger.info("store: %s", objects.description)
         if settings.load_models == "all":
             await repository.load_all()
         elif isinstance(settings.load_models, list):
@@ -94,9 +106,14 @@ def create_app(settings: HubSettings) -> ASGIApp:
         if settings.mqtt is not None:
             from .mqtt_bridge import MqttBridge
 
-            bridge = MqttBridge(settings.mqtt, service, metrics, on_status=fleet_view.update)
+            bridge = MqttBridge(
+                settings.mqtt,
+                service,
+                metrics,
+                on_status=fleet_view.update,
+                retained_from=lambda: releases.retained_payloads(release_store),
+            )
             state["bridge"] = bridge
-            await asyncio.to_thread(releases.announce_all, release_store, bridge)
             await bridge.start()
         state["ready"] = True
         logger.info(
@@ -111,6 +128,7 @@ def create_app(settings: HubSettings) -> ASGIApp:
             if "bridge" in state:
                 await state["bridge"].stop(drain_timeout_s=settings.graceful_shutdown_s)
             await repository.close()
+            objects.close()
             logger.info("hub stopped")
 
     app = FastAPI(
@@ -231,10 +249,10 @@ def create_app(settings: HubSettings) -> ASGIApp:
         await repository.unload(model)
         return {}
 
-    app.include_router(artifacts.router(settings, access))
-    app.include_router(conversions.router(settings, access, repository))
+    app.include_router(artifacts.router(settings, access, artifact_store))
+    app.include_router(conversions.router(settings, access, repository, artifact_store))
     app.include_router(fleet.router(fleet_view, access))
-    app.include_router(releases.router(settings, access, lambda: state.get("bridge")))
+    app.include_router(releases.router(settings, access, release_store, announcements))
 
     inference = InferencePath(
         app, service=service, access=access, ready=lambda: bool(state["ready"])

@@ -11,10 +11,12 @@
      ├── RateLimitedError          429: per-key rate limit; ``retry_after_s``
      ├── UnavailableError          503: not ready, draining, or a model being unloaded
      │    ├── QueueFullError       503: the model's batching queue is full
-     │    └── RequestTimeoutError  503: the request's deadline passed before it ran
+     │    ├── RequestTimeoutError  503: the request's deadline passed before it ran
+     │    └── StoreError       503: the shared store (folder or bucket) failed or is out of reach
      ├── ModelLoadError            a model file that cannot be loaded (the old version keeps serving)
      │    └── BackendUnavailableError  the backend's runtime or hardware is missing (TensorRT, GPU)
-     └── InferenceError            500: the backend failed on a valid request
+     ├── InferenceError            500: the backend failed on a valid request
+     └── StoreObjectMissingError   404: no such object in the shared store
 
 Wire-format errors are :class:`protocols.ProtocolError` and keep their own status (400 or 413).
 """
@@ -37,6 +39,8 @@ __all__ = [
     "QueueFullError",
     "RateLimitedError",
     "RequestTimeoutError",
+    "StoreError",
+    "StoreObjectMissingError",
     "UnavailableError",
     "error_headers",
 ]
@@ -92,6 +96,14 @@ class QueueFullError(UnavailableError):
 
 class RequestTimeoutError(UnavailableError):
     pass
+
+
+class StoreError(UnavailableError):
+    pass
+
+
+class StoreObjectMissingError(HubError):
+    status = 404
 
 
 class ModelLoadError(HubError):

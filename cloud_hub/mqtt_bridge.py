@@ -49,7 +49,7 @@ from protocols import (
 )
 from protocols.codec import BINARY_DATA, BINARY_DATA_OUTPUT, BinaryChoice
 from protocols.errors import TopicError
-from protocols.topics import TOPIC_PREFIX
+from protocols.topics import FLEET, TOPIC_PREFIX
 
 from .errors import HubError, RequestTimeoutError
 from .fleet import STATUS_SUBSCRIPTION
@@ -62,6 +62,9 @@ __all__ = ["MqttBridge", "RecentAnswers"]
 logger = logging.getLogger(__name__)
 
 _STATUS_SUFFIX = "/" + TopicKind.STATUS.value
+_FLEET_PREFIX = f"{TOPIC_PREFIX}/{FLEET}/"
+FLEET_MODELS_SUBSCRIPTION = f"{_FLEET_PREFIX}+/{TopicKind.FLEET_MODELS.value}"
+"""Every device class's retained announcement, watched so a replica sees what the broker holds."""
 
 
 class BridgeMetrics:
@@ -157,10 +160,15 @@ class MqttBridge:
         metrics: HubMetrics,
         *,
         on_status: Callable[[str, bytes], object] | None = None,
+        retained_from: Callable[[], dict[str, bytes]] | None = None,
     ) -> None:
-        """``on_status`` gets every device's retained status (topic, payload) on paho's thread."""
+        """``on_status`` gets every device's retained status (topic, payload) on paho's thread.
+        ``retained_from`` gives the retained messages to publish on each connect (read from the
+        shared store then); without it, or when it fails, the last ones set are published."""
         self._settings = settings
         self._on_status = on_status
+        self._retained_from = retained_from
+        self._seen: dict[str, bytes] = {}
         self._service = service
         self._metrics = BridgeMetrics(metrics)
         self._answers = RecentAnswers(settings.dedup_max_entries, settings.dedup_ttl_s)
@@ -240,6 +248,12 @@ class MqttBridge:
         info = self._client.publish(topic, payload, qos=1, retain=True)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
+    def retained(self, topic: str) -> bytes | None:
+        """The last message seen on a fleet topic (the broker's retained one, or a newer one),
+        when the bridge watches them (``retained_from`` given)."""
+        with self._retained_lock:
+            return self._seen.get(topic)
+
     def _subscription(self) -> str:
         if self._settings.shared:
             return shared_request_subscription(self._settings.share_group)
@@ -259,6 +273,15 @@ class MqttBridge:
         client.subscribe(self._subscription(), qos=1)
         if self._on_status is not None:
             client.subscribe(STATUS_SUBSCRIPTION, qos=1)
+        if self._retained_from is not None:
+            client.subscribe(FLEET_MODELS_SUBSCRIPTION, qos=1)
+            try:
+                fresh = self._retained_from()
+            except Exception as exc:
+                logger.warning("retained messages not read again on connect: %s", exc)
+            else:
+                with self._retained_lock:
+                    self._retained.update(fresh)
         with self._retained_lock:
             retained = list(self._retained.items())
         for topic, payload in retained:
@@ -276,6 +299,12 @@ class MqttBridge:
             logger.warning("MQTT bridge disconnected (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.startswith(_FLEET_PREFIX):
+            with self._retained_lock:
+                self._seen[msg.topic] = bytes(msg.payload)
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+            return
         if self._on_status is not None and msg.topic.endswith(_STATUS_SUFFIX):
             try:
                 self._on_status(msg.topic, bytes(msg.payload))

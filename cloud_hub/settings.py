@@ -34,9 +34,11 @@ from .errors import ConfigError
 __all__ = [
     "ApiKey",
     "AuthSettings",
+    "ConversionSettings",
     "HubSettings",
     "JwtSettings",
     "LimitsSettings",
+    "StoreSettings",
     "load_settings",
 ]
 
@@ -154,6 +156,54 @@ class MqttSettings(_Section):
         return host, int(port)
 
 
+class StoreSettings(_Section):
+    """The shared store (docs/hub.md, "State and replicas"): a folder, or an S3 bucket.
+
+    Every replica of one hub must name the same store. Credentials for S3 may come from
+    here (``HYBRID_HUB_STORE__ACCESS_KEY_ID``, ``..._SECRET_ACCESS_KEY``) or from boto3's usual
+    chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, a profile, a pod's role)."""
+
+    kind: Literal["filesystem", "s3"] = "filesystem"
+    path: Path | None = None
+    """The folder (``filesystem``); ``artifact_store``, then ``<model_repository>/.artifacts``,
+    when unset. A shared volume (NFS, CephFS) for several replicas."""
+    bucket: str | None = None
+    prefix: str = ""
+    """Keys go under ``<prefix>/``, so one bucket can hold several hubs."""
+    endpoint_url: str | None = None
+    """``http(s)://host:port`` of MinIO, Ceph RGW or another S3 API; unset for AWS S3."""
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    """``path`` for MinIO and most self-hosted stores."""
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+    @model_validator(mode="after")
+    def _complete(self) -> StoreSettings:
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("store.kind s3 needs store.bucket")
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both store.access_key_id and store.secret_access_key, or neither")
+        return self
+
+
+class ConversionSettings(_Section):
+    """Conversion jobs (docs/converter.md): records and leases in the shared store."""
+
+    workers: Annotated[int, Field(ge=0)] = 1
+    """Jobs this replica runs at once; 0 takes none (it still accepts and reports them)."""
+    max_pending: Annotated[int, Field(ge=1)] = 8
+    """Jobs queued or running in the whole store; beyond that a submission gets 503."""
+    lease_s: Annotated[float, Field(gt=0)] = 30.0
+    """A job whose worker has not renewed its lease for this long is taken over by another
+    replica. Renewed every third of it."""
+    poll_s: Annotated[float, Field(gt=0)] = 5.0
+    """How often each replica looks for queued jobs and expired leases."""
+    work_dir: Path | None = None
+    """Local scratch space for running jobs; the system's temporary folder when unset."""
+
+
 class HubSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HYBRID_HUB_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -174,7 +224,15 @@ class HubSettings(BaseSettings):
     """How long in-flight requests may take to finish after SIGTERM."""
     server_name: str = "hybrid-inference-hub"
     artifact_store: Path | None = None
-    """Where conversion jobs put artifacts; ``<model_repository>/.artifacts`` when unset."""
+    """The filesystem store's folder (``store.path`` takes precedence);
+    ``<model_repository>/.artifacts`` when unset."""
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    """Where artifacts, uploads, releases and conversion jobs live, shared by every replica."""
+    conversions: ConversionSettings = Field(default_factory=ConversionSettings)
+    announce_interval_s: Annotated[float, Field(gt=0)] = 60.0
+    """How often each replica checks that the retained model announcements are the newest
+    releases in the store, and publishes them again if not (another replica may have published
+    an older view last)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("model_repository")
