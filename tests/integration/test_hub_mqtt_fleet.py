@@ -192,6 +192,26 @@ def test_a_full_queue_answers_503_and_retries_get_the_real_answer(
         device.close()
 
 
+def test_a_repeat_of_a_request_still_running_joins_it(broker: Broker, hub_on: StartHub) -> None:
+    hub = hub_on(broker)
+    device = Device(broker, "retry-cam")
+    try:
+        a = np.full((1, 4), 5, np.float32)
+        payload = encode_mqtt_request("tiny_queue", {"INPUT0": a, "INPUT1": a}, id="slow-1")
+        device.send(payload)
+        device.send(payload)  # a retry while the first waits 300 ms for its batch
+        device.send(payload)
+        replies = [decode_mqtt_response(device.next().payload) for _ in range(3)]
+        for reply in replies:
+            assert not isinstance(reply, MqttErrorResponse), reply
+            assert reply.response.id == "slow-1"
+            assert float(reply.tensors["OUTPUT0"][0, 0]) == 10.0
+        assert inference_count(hub, "tiny_queue") == 1, "three sends, one execution"
+        assert counter(hub, 'hub_mqtt_requests_total{outcome="joined"}') == 2
+    finally:
+        device.close()
+
+
 def rss_bytes(hub: HubProcess) -> int:
     assert hub.process is not None
     for line in Path(f"/proc/{hub.process.pid}/status").read_text().splitlines():
