@@ -8,7 +8,7 @@ request's sequence number, so an answer computed for another request is caught a
 
 A device retries what is not final, with the same id and bytes: 429 and 503 answers after the
 hub's ``retry_after_s`` (or an exponential backoff with jitter), 500 likewise, and a request
-without an answer after ``resend_after_s``. Kinds of device:
+without an answer after ``resend_after_s``, doubling with each attempt. Kinds of device:
 
 - ``normal``: unique ids, at its rate;
 - ``reuse``: ids cycle through three values (``r0``, ``r1``, ``r2``) with new content each time,
@@ -167,13 +167,18 @@ class SimulatedDevice:
                 (c, p)
                 for c, p in self.pending.items()
                 if (p.retry_at_s is not None and now_s >= p.retry_at_s)
-                or (p.retry_at_s is None and now_s - p.last_s >= self.spec.resend_after_s)
+                or (p.retry_at_s is None and now_s - p.last_s >= self._resend_after_s(p))
             ]
             for _, p in due:
                 p.last_s = now_s
                 p.retry_at_s = None
         for correlation, pending in due:
             self._publish(correlation, pending)
+
+    def _resend_after_s(self, pending: _Pending) -> float:
+        """``resend_after_s`` doubling with each attempt (at most 8 times it): a slow hub is not
+        sent the same request again and again."""
+        return self.spec.resend_after_s * 2 ** min(pending.attempts - 1, 3)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         now_s = time.monotonic()
