@@ -59,7 +59,7 @@ class FleetPlan:
     flood_devices: int = 5
     processes: int = 4
     """Processes of well-behaved devices; id reusers and flooders get one each."""
-    rate_per_s: float = 0.5
+    rate_per_s: float = 0.2
     """Each well-behaved (and id-reusing) device's requests per second."""
     limit_per_s: float = 5.0
     """The hubs' ``mqtt.device_rate_per_s``; floods send 20 times that."""
@@ -80,6 +80,8 @@ class FleetFigures:
     hub_rss_start_mb: list[float]
     hub_rss_peak_mb: list[float]
     killed_at_s: float
+    load_average: float = 0.0
+    """The machine's 1-minute load average at the end of the run (other work on it shows)."""
 
     @property
     def well_behaved(self) -> GroupResult:
@@ -256,6 +258,7 @@ def run_fleet(plan: FleetPlan, workdir: Path) -> FleetFigures:
             hub_rss_start_mb=rss_start,
             hub_rss_peak_mb=peaks,
             killed_at_s=killed_at_s,
+            load_average=os.getloadavg()[0],
         )
     finally:
         for process in processes:
@@ -329,7 +332,8 @@ def report(figures: FleetFigures) -> str:
             "Each replica keeps its own token bucket per device, so a device spread over two "
             "replicas by the shared subscription gets up to twice the per-device limit through. "
             "The p99 includes the requests caught by the kill and the restarted replica's start "
-            "(it loads its models on the same 2 cores)."
+            "(it loads its models on the same 2 cores). Latencies depend on what else runs: "
+            f"the 1-minute load average at the end was {figures.load_average:.1f}."
         ),
         "",
         (
