@@ -151,7 +151,15 @@ def _distill_command(commands: Any) -> None:
     distill.add_argument("--out", "-o", type=Path, required=True, help="output folder")
     distill.add_argument("--input", dest="input_name", help="captured input to train on")
     distill.add_argument("--output", dest="output_name", help="captured cloud output to learn")
-    distill.add_argument("--holdout", type=float, default=0.2, help="held out for the gates")
+    distill.add_argument(
+        "--holdout", type=float, default=0.2, help="share of captured records held out (0.2)"
+    )
+    distill.add_argument(
+        "--reference-holdout",
+        type=float,
+        default=0.0,
+        help="share of the reference set held out for its gate (default 0: judge on all of it)",
+    )
     distill.add_argument(
         "--margin",
         type=float,
@@ -198,6 +206,7 @@ def _cmd_distill(args: argparse.Namespace, out: TextIO) -> int:
             input_name=args.input_name,
             output_name=args.output_name,
             holdout=args.holdout,
+            reference_holdout=args.reference_holdout,
             margin=args.margin,
             min_gain=args.min_gain,
             epochs=args.epochs,
