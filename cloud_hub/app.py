@@ -28,10 +28,11 @@ from protocols import (
     ServerMetadata,
 )
 
-from . import __version__, artifacts, conversions, fleet, releases
+from . import __version__, artifacts, capture_api, conversions, fleet, releases
 from .access import Access
 from .auth import Principal
 from .body_limit import BodyLimit
+from .capture import Capture, FileShardStore, capture_root
 from .errors import HubError, error_headers
 from .fastpath import InferencePath
 from .metrics import HubMetrics
@@ -77,7 +78,8 @@ def create_app(settings: HubSettings) -> ASGIApp:
         settings.model_repository, metrics, drain_timeout_s=settings.graceful_shutdown_s
     )
 
-    service = InferenceService(repository, limits)
+    capture = Capture(FileShardStore(capture_root(settings)), metrics)
+    service = InferenceService(repository, limits, capture=capture)
     fleet_view = fleet.FleetView(metrics)
     release_store = releases.ReleaseStore(artifacts.ArtifactStore(artifacts.store_root(settings)))
 
@@ -98,6 +100,7 @@ def create_app(settings: HubSettings) -> ASGIApp:
             state["bridge"] = bridge
             await asyncio.to_thread(releases.announce_all, release_store, bridge)
             await bridge.start()
+        capture.start()
         state["ready"] = True
         logger.info(
             "hub ready: %d model versions loaded from %s",
@@ -111,6 +114,7 @@ def create_app(settings: HubSettings) -> ASGIApp:
             if "bridge" in state:
                 await state["bridge"].stop(drain_timeout_s=settings.graceful_shutdown_s)
             await repository.close()
+            await asyncio.to_thread(capture.stop)
             logger.info("hub stopped")
 
     app = FastAPI(
@@ -235,6 +239,7 @@ def create_app(settings: HubSettings) -> ASGIApp:
     app.include_router(conversions.router(settings, access, repository))
     app.include_router(fleet.router(fleet_view, access))
     app.include_router(releases.router(settings, access, lambda: state.get("bridge")))
+    app.include_router(capture_api.router(capture, access))
 
     inference = InferencePath(
         app, service=service, access=access, ready=lambda: bool(state["ready"])

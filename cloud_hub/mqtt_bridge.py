@@ -441,7 +441,9 @@ class MqttBridge:
             timeout_s = deadline_s - time.monotonic() if deadline_s is not None else None
             model = request.model_name  # type: ignore[attr-defined]
             version = request.model_version  # type: ignore[attr-defined]
-            loaded, result = await self._service.run(model, version, decoded, timeout_s=timeout_s)
+            loaded, result = await self._service.run(
+                model, version, decoded, timeout_s=timeout_s, device_id=device_id
+            )
             framed = content_type_of(incoming.payload) != "application/json"
             payload = encode_mqtt_response(
                 result,

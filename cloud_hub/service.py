@@ -3,12 +3,13 @@
 HTTP (:mod:`cloud_hub.fastpath`) and MQTT both decode with :mod:`protocols`, then call
 :meth:`InferenceService.run`, which finds the model version, applies the request's options
 (requested outputs, Triton's ``timeout`` and ``classification`` parameters) and runs it through
-the version's batcher.
+the version's batcher. A model that captures (:mod:`cloud_hub.capture`) keeps the fallback
+requests it answers, with their answers.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from protocols import (
 from .errors import BadRequestError
 from .repository import LoadedVersion, ModelRepository
 
+if TYPE_CHECKING:
+    from .capture import Capture
+
 __all__ = ["SERVED_BY", "InferenceService"]
 
 SERVED_BY = "cloud"
@@ -32,9 +36,12 @@ Arrays = dict[str, np.ndarray[Any, Any]]
 
 
 class InferenceService:
-    def __init__(self, repository: ModelRepository, limits: Limits) -> None:
+    def __init__(
+        self, repository: ModelRepository, limits: Limits, *, capture: Capture | None = None
+    ) -> None:
         self.repository = repository
         self.limits = limits
+        self.capture = capture
 
     async def run(
         self,
@@ -43,15 +50,30 @@ class InferenceService:
         decoded: DecodedRequest,
         *,
         timeout_s: float | None = None,
+        device_id: str | None = None,
     ) -> tuple[LoadedVersion, Arrays]:
-        """Run a decoded request; ``timeout_s`` (a transport's deadline) tightens the request's own."""
+        """Run a decoded request; ``timeout_s`` (a transport's deadline) tightens the request's own.
+        ``device_id``: the authenticated device (MQTT's topic), which capture records."""
         loaded = self.repository.get(model, version)
         request = decoded.request
         wanted = [o.name for o in request.outputs or []]
         own = _timeout_s(request.parameters or {})
         if own is None or (timeout_s is not None and timeout_s < own):
             own = timeout_s
+        capture, config = self.capture, loaded.config.capture
+        report = None if capture is None else capture.inspect(config, request)
         result = await loaded.infer(decoded.tensors, outputs=wanted, timeout_s=own)
+        if report is not None and capture is not None and config is not None:
+            capture.record(
+                model=loaded.model,
+                model_version=str(loaded.version),
+                config=config,
+                batched=loaded.config.max_batch_size > 0,
+                decoded=decoded,
+                outputs=result,
+                report=report,
+                device_id=device_id,
+            )
         return loaded, _classify(loaded, request.outputs or [], result)
 
     async def infer_http(

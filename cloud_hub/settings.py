@@ -189,6 +189,9 @@ class HubSettings(BaseSettings):
     server_name: str = "hybrid-inference-hub"
     artifact_store: Path | None = None
     """Where conversion jobs put artifacts; ``<model_repository>/.artifacts`` when unset."""
+    capture_store: Path | None = None
+    """Where captured fallback requests are kept (models opt in with ``capture:`` in their
+    config.yaml); ``<model_repository>/.capture`` when unset."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("model_repository")
