@@ -32,21 +32,16 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 
-from protocols import MANIFEST_FILENAME, RELEASE_FILENAME
+from protocols import MANIFEST_FILENAME, MODEL_NAME, RELEASE_FILENAME
 
 from .access import Access
 from .auth import Principal
-from .errors import HubError, UnavailableError
-from .model_config import NAME
+from .errors import ArtifactNotFoundError, HubError, UnavailableError
 from .settings import HubSettings
 
-__all__ = ["ArtifactNotFoundError", "ArtifactStore", "router", "scope_check", "store_root"]
+__all__ = ["ArtifactStore", "router", "scope_check", "store_root"]
 
 logger = logging.getLogger(__name__)
-
-
-class ArtifactNotFoundError(HubError):
-    status = 404
 
 
 def store_root(settings: HubSettings) -> Path:
@@ -82,7 +77,7 @@ class ArtifactStore:
 
     def versions(self, name: str) -> list[int]:
         folder = self.root / name
-        if not NAME.match(name) or not folder.is_dir():
+        if not MODEL_NAME.match(name) or not folder.is_dir():
             return []
         return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
 
@@ -110,7 +105,7 @@ class ArtifactStore:
             return []
         found: list[dict[str, Any]] = []
         for model in sorted(self.root.iterdir()):
-            if not NAME.match(model.name) or (name is not None and model.name != name):
+            if not MODEL_NAME.match(model.name) or (name is not None and model.name != name):
                 continue
             for version in sorted(self.versions(model.name), reverse=True):
                 folder = model / str(version)
@@ -128,7 +123,7 @@ class ArtifactStore:
     @staticmethod
     def _entry(name: str, version: int, folder: Path) -> dict[str, Any] | None:
         manifest_path = folder / MANIFEST_FILENAME
-        if not NAME.match(folder.name) or not manifest_path.is_file():
+        if not MODEL_NAME.match(folder.name) or not manifest_path.is_file():
             return None
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -160,7 +155,7 @@ class ArtifactStore:
         """The file at ``<name>/<version>/<file>``, or 404; never a path outside the store."""
         parts = [name, version, *file.split("/")]
         missing = ArtifactNotFoundError(f"no artifact file {name}/{version}/{file}")
-        if not version.isdigit() or len(parts) > 8 or not all(NAME.match(p) for p in parts):
+        if not version.isdigit() or len(parts) > 8 or not all(MODEL_NAME.match(p) for p in parts):
             raise missing
         root = self.root.resolve()
         path = root.joinpath(*parts).resolve()

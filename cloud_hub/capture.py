@@ -46,17 +46,16 @@ from typing import Any, Protocol
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from protocols import DecodedRequest
+from protocols import DecodedRequest, is_model_name
 
-from .errors import BadRequestError, HubError
+from .errors import BadRequestError, CaptureNotFoundError
 from .metrics import HubMetrics
-from .model_config import NAME, CaptureConfig
+from .model_config import CaptureConfig
 from .settings import HubSettings
 
 __all__ = [
     "DEVICE_PARAMETERS",
     "Capture",
-    "CaptureNotFoundError",
     "DeviceReport",
     "FileShardStore",
     "ShardInfo",
@@ -84,10 +83,6 @@ DEFAULT_RETENTION_S = 7 * 86_400.0
 SWEEP_INTERVAL_S = 60.0
 _TICK_S = 1.0
 _SHARD = re.compile(r"^(\d{13})-(\d{1,9})-([0-9a-f]{8})\.npz$")
-
-
-class CaptureNotFoundError(HubError):
-    status = 404
 
 
 def capture_root(settings: HubSettings) -> Path:
@@ -220,7 +215,7 @@ class ShardStore(Protocol):
 
 
 def _check_names(model: str, shard: str | None = None) -> None:
-    if not NAME.match(model):
+    if not is_model_name(model):
         raise CaptureNotFoundError(f"no captured model {model!r}")
     if shard is not None and not _SHARD.match(shard):
         raise CaptureNotFoundError(f"no shard {shard!r} of {model!r}")
@@ -259,7 +254,7 @@ class FileShardStore:
         folders = [self.root / model] if model is not None else sorted(self.root.iterdir())
         found: list[ShardInfo] = []
         for folder in folders:
-            if not folder.is_dir() or not NAME.match(folder.name):
+            if not folder.is_dir() or not is_model_name(folder.name):
                 continue
             for path in folder.iterdir():
                 try:

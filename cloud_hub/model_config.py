@@ -7,7 +7,6 @@ Inputs and outputs may be left out; they are then read from the model file.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,11 +18,7 @@ from protocols import Datatype
 from .backends.base import BackendName
 from .errors import ConfigError
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-"""A model, artifact, version or file name: safe as one path segment, never ``.`` or ``..``."""
-
 __all__ = [
-    "NAME",
     "CaptureConfig",
     "DynamicBatching",
     "ModelConfig",

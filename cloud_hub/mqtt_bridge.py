@@ -63,7 +63,7 @@ from .answers import FINAL_ERROR_STATUSES, RecentAnswers, digest
 from .errors import HubError, RequestTimeoutError
 from .fairness import DeviceBuckets, FairQueue
 from .fleet import STATUS_SUBSCRIPTION
-from .metrics import HubMetrics
+from .metrics import LATENCY_BUCKETS_S, HubMetrics
 from .service import SERVED_BY, InferenceService
 from .settings import MqttSettings
 
@@ -115,21 +115,7 @@ class BridgeMetrics:
         self.duration = Histogram(
             "hub_mqtt_request_duration_seconds",
             "From receipt to published answer",
-            buckets=(
-                0.0005,
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1.0,
-                2.5,
-                5.0,
-            ),
+            buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
 

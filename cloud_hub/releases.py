@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from protocols import (
     MANIFEST_FILENAME,
+    MODEL_NAME,
     RELEASE_FILENAME,
     ErrorResponse,
     ModelAnnouncement,
@@ -47,21 +48,16 @@ from protocols import (
 
 from .access import Access
 from .artifacts import ArtifactStore, scope_check, store_root
-from .errors import BadRequestError, HubError, PayloadTooLargeError
-from .model_config import NAME
+from .errors import BadRequestError, ConflictError, PayloadTooLargeError
 from .settings import HubSettings
 
-__all__ = ["Announcer", "ReleaseConflictError", "ReleaseStore", "router"]
+__all__ = ["Announcer", "ReleaseStore", "router"]
 
 logger = logging.getLogger(__name__)
 
 UPLOADS = "uploads"
 RELEASE_MAX_BYTES = 4 * 1024 * 1024
 CHUNK_BYTES = 1 << 20
-
-
-class ReleaseConflictError(HubError):
-    status = 409
 
 
 class Announcer(Protocol):
@@ -117,7 +113,7 @@ class ReleaseStore:
                 f"the release expired at {release.signed.expires_at.isoformat()}; sign it again"
             )
         for part in (manifest.name, manifest.version, manifest.profile):
-            if not NAME.match(part):
+            if not MODEL_NAME.match(part):
                 raise BadRequestError(f"release names {part!r}, which cannot be a store folder")
         root = self.store.ensure()
         target = root / manifest.name / manifest.version / manifest.profile
@@ -125,7 +121,7 @@ class ReleaseStore:
         if target.exists():
             stored = _read_manifest(target)
             if stored != manifest.model_dump(mode="json"):
-                raise ReleaseConflictError(
+                raise ConflictError(
                     f"{manifest.name} {manifest.version} ({manifest.profile}) is published "
                     "already with another artifact; publish a higher version"
                 )
@@ -152,7 +148,7 @@ class ReleaseStore:
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             if target.exists():
-                raise ReleaseConflictError(
+                raise ConflictError(
                     f"{manifest.name} {manifest.version} ({manifest.profile}) was just published"
                 ) from exc
             raise
@@ -166,7 +162,7 @@ class ReleaseStore:
         if not root.is_dir():
             return {}
         for model in sorted(root.iterdir()):
-            if not NAME.match(model.name):
+            if not MODEL_NAME.match(model.name):
                 continue
             for version in self.store.versions(model.name):
                 for folder in sorted((model / str(version)).iterdir()):
@@ -200,7 +196,7 @@ def _read_manifest(folder: Path) -> Any:
 
 def _read_release(folder: Path) -> dict[str, Any] | None:
     path = folder / RELEASE_FILENAME
-    if not NAME.match(folder.name) or not path.is_file():
+    if not MODEL_NAME.match(folder.name) or not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -9,7 +9,8 @@ requests it answers, with their answers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from protocols import (
     DecodedRequest,
     EncodedBody,
     Limits,
+    MessageError,
+    classification_counts,
+    classify,
     decode_request,
     encode_response,
     wants_binary_output,
@@ -33,6 +37,7 @@ __all__ = ["SERVED_BY", "InferenceService"]
 SERVED_BY = "cloud"
 
 Arrays = dict[str, np.ndarray[Any, Any]]
+_T = TypeVar("_T")
 
 
 class InferenceService:
@@ -60,6 +65,7 @@ class InferenceService:
         own = _timeout_s(request.parameters or {})
         if own is None or (timeout_s is not None and timeout_s < own):
             own = timeout_s
+        counts = _hub_errors(classification_counts, request.outputs)
         capture, config = self.capture, loaded.config.capture
         report = None if capture is None else capture.inspect(config, request)
         result = await loaded.infer(decoded.tensors, outputs=wanted, timeout_s=own)
@@ -74,7 +80,7 @@ class InferenceService:
                 report=report,
                 device_id=device_id,
             )
-        return loaded, _classify(loaded, request.outputs or [], result)
+        return loaded, _classify(loaded, counts, result)
 
     async def infer_http(
         self, model: str, version: str | None, body: bytes, header_length: str | None
@@ -105,29 +111,24 @@ def _timeout_s(parameters: dict[str, Any]) -> float | None:
     return value / 1e6 or None
 
 
-def _classify(
-    loaded: LoadedVersion, outputs: list[Any], result: dict[str, np.ndarray[Any, Any]]
-) -> dict[str, np.ndarray[Any, Any]]:
-    """Triton's classification extension: ``parameters.classification: k`` on an output asks
-    for its top k as ``"score:index[:label]"`` strings instead of the raw scores."""
-    for out in outputs:
-        k = (out.parameters or {}).get("classification")
-        if k is None:
-            continue
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise BadRequestError(f"output {out.name!r}: classification must be a positive integer")
-        scores = result[out.name]
-        batched = loaded.config.max_batch_size > 0
-        rows = scores.reshape(scores.shape[0], -1) if batched else scores.reshape(1, -1)
-        k = min(k, rows.shape[1])
-        order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :k]
-        labels = loaded.labels or []
-        table = np.empty((rows.shape[0], k), dtype=object)
-        for r in range(rows.shape[0]):
-            for c, index in enumerate(order[r]):
-                text = f"{float(rows[r, index]):f}:{int(index)}"
-                if int(index) < len(labels):
-                    text += f":{labels[int(index)]}"
-                table[r, c] = text.encode()
-        result[out.name] = table if batched else table.reshape(k)
+def _classify(loaded: LoadedVersion, counts: dict[str, int], result: Arrays) -> Arrays:
+    """Triton's classification extension (:func:`protocols.classify`): an output asked for with
+    ``parameters.classification: k`` is answered with its top ``k`` classes, ranked per batch
+    entry when the model has a batch dimension."""
+    batched = loaded.config.max_batch_size > 0
+    labels = loaded.labels or ()
+    for name, count in counts.items():
+        if name in result:
+            result[name] = _hub_errors(
+                classify, result[name], count, batched=batched, labels=labels, output=name
+            )
     return result
+
+
+def _hub_errors(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Call a rule of :mod:`protocols`, answering its refusal as the hub's own 400, so both
+    transports handle it like every other bad request."""
+    try:
+        return function(*args, **kwargs)
+    except MessageError as exc:
+        raise BadRequestError(str(exc)) from exc

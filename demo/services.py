@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from edge_agent.client import EdgeClient
+from protocols import artifact_file
 
 from .artifacts import DemoModels
 from .errors import DemoError
@@ -164,7 +165,7 @@ def write_repository(root: Path, models: DemoModels, quantum_model: Path) -> Pat
     (vqc / "config.yaml").write_text(yaml.safe_dump(vqc_config, sort_keys=False))
     folder = root / HUB_MODEL
     (folder / "1").mkdir(parents=True)
-    shutil.copyfile(models.cloud.path, folder / "1" / "model.onnx")
+    shutil.copyfile(models.cloud.path, folder / "1" / artifact_file("onnx"))
     config = {
         "backend": "onnxruntime",
         "max_batch_size": 32,
