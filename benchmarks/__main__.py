@@ -10,6 +10,7 @@ BENCHMARKS = [
     "edge_overhead",
     "hub_batching",
     "fallback",
+    "fleet",
     "converter",
     "quantum",
 ]

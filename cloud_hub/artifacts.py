@@ -31,17 +31,15 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from protocols import MANIFEST_FILENAME, RELEASE_FILENAME
+from protocols import MANIFEST_FILENAME, MODEL_NAME, RELEASE_FILENAME
 
 from .access import Access
 from .auth import Principal
-from .errors import HubError, StoreObjectMissingError
-from .model_config import NAME
+from .errors import ArtifactNotFoundError, StoreObjectMissingError
 from .settings import HubSettings
 from .store import ObjectInfo, ObjectStore, open_store
 
 __all__ = [
-    "ArtifactNotFoundError",
     "ArtifactStore",
     "ranged_response",
     "router",
@@ -52,10 +50,6 @@ logger = logging.getLogger(__name__)
 
 RESERVED = ".reserved"
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-class ArtifactNotFoundError(HubError):
-    status = 404
 
 
 def scope_check(access: Access, scope: str) -> Callable[[Request], Awaitable[Principal | None]]:
@@ -78,7 +72,7 @@ class ArtifactStore:
         return cls(open_store(settings))
 
     def versions(self, name: str) -> list[int]:
-        if not NAME.match(name):
+        if not MODEL_NAME.match(name):
             return []
         return sorted(int(v) for v in self.objects.children(f"{name}/") if v.isdigit())
 
@@ -101,12 +95,12 @@ class ArtifactStore:
         found: list[dict[str, Any]] = []
         models = [name] if name is not None else self.objects.children("")
         for model in models:
-            if not NAME.match(model):
+            if not MODEL_NAME.match(model):
                 continue
             folders: dict[tuple[int, str], set[str]] = {}
             for info in self.objects.list_objects(f"{model}/"):
                 parts = info.key.split("/")
-                if len(parts) == 4 and parts[1].isdigit() and NAME.match(parts[2]):
+                if len(parts) == 4 and parts[1].isdigit() and MODEL_NAME.match(parts[2]):
                     folders.setdefault((int(parts[1]), parts[2]), set()).add(parts[3])
             for (version, folder), files in sorted(
                 folders.items(), key=lambda i: (-i[0][0], i[0][1])
@@ -156,7 +150,7 @@ class ArtifactStore:
         artifacts (no dot-folders, no ``..``)."""
         parts = [name, version, *file.split("/")]
         missing = ArtifactNotFoundError(f"no artifact file {name}/{version}/{file}")
-        if not version.isdigit() or len(parts) > 8 or not all(NAME.match(p) for p in parts):
+        if not version.isdigit() or len(parts) > 8 or not all(MODEL_NAME.match(p) for p in parts):
             raise missing
         key = "/".join(parts)
         info = self.objects.stat(key)

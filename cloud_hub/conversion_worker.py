@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,14 +20,17 @@ __all__ = ["init", "run"]
 _PR_SET_PDEATHSIG = 1
 
 
-def init(log_level: int) -> None:
-    """Process initializer."""
+def init(log_level: int, hub_pid: int | None = None) -> None:
+    """Process initializer. ``hub_pid``: the hub that spawned this worker; if it died before
+    the death signal was armed, the worker leaves at once instead of converting on."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         except (OSError, AttributeError):
             pass
+    if hub_pid is not None and os.getppid() != hub_pid:
+        os._exit(1)
     from converters.jobs import init_worker
 
     init_worker(log_level)

@@ -50,20 +50,23 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from protocols import MANIFEST_FILENAME
+from protocols import MANIFEST_FILENAME, MODEL_NAME
 
 from .access import Access
 from .artifacts import RESERVED, ArtifactStore, scope_check
-from .backends.base import MODEL_FILES
+from .backends.base import load_backend_class
 from .errors import (
     BadRequestError,
     ConfigError,
+    ConflictError,
     HubError,
+    JobNotFoundError,
     PayloadTooLargeError,
     QueueFullError,
+    UnsupportedMediaTypeError,
 )
 from .job_records import JobRecords, Lease
-from .model_config import NAME, load_model_config
+from .model_config import load_model_config
 from .repository import ModelRepository
 from .settings import HubSettings
 
@@ -76,18 +79,6 @@ BACKEND_OF_FORMAT = {"tflite": "tflite", "onnx": "onnxruntime", "tensorrt": "ten
 WRITE_CHUNK_BYTES = 1 << 20
 MAX_ATTEMPTS = 4
 """A job whose attempts keep dying (each replica that takes it crashes) fails after these."""
-
-
-class ConflictError(HubError):
-    status = 409
-
-
-class JobNotFoundError(HubError):
-    status = 404
-
-
-class UnsupportedMediaTypeError(HubError):
-    status = 415
 
 
 class JobState(str, enum.Enum):
@@ -138,7 +129,7 @@ class ConversionService:
     # -- requests --------------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> dict[str, Any]:
-        if not NAME.match(job_id):
+        if not MODEL_NAME.match(job_id):
             raise JobNotFoundError(f"no conversion job {job_id!r}")
         view = await asyncio.to_thread(self._view, job_id)
         if view is None:
@@ -224,7 +215,7 @@ class ConversionService:
         from converters.errors import ConversionError
         from converters.profiles import load_profiles
 
-        if not NAME.match(filename) or not filename.lower().endswith(UPLOAD_SUFFIXES):
+        if not MODEL_NAME.match(filename) or not filename.lower().endswith(UPLOAD_SUFFIXES):
             raise BadRequestError(
                 f"filename {filename!r}: a plain file name ending in one of "
                 f"{', '.join(UPLOAD_SUFFIXES)}"
@@ -242,12 +233,12 @@ class ConversionService:
                 stem = stem[: -len(suffix)]
                 break
         name = name or stem
-        if not NAME.match(name):
+        if not MODEL_NAME.match(name):
             raise BadRequestError(f"name {name!r}: use letters, digits, '_', '.', '-'")
         if not publish_to_repository:
             return name, wanted, None
         model = model_name or name
-        if not NAME.match(model):
+        if not MODEL_NAME.match(model):
             raise BadRequestError(f"model_name {model!r}: use letters, digits, '_', '.', '-'")
         chosen = publish_profile or (wanted[0] if len(wanted) == 1 else None)
         if chosen is None or chosen not in wanted:
@@ -447,7 +438,7 @@ class ConversionService:
                 max_workers=self._conf.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=init,
-                initargs=(logging.getLevelName(self._settings.log_level.upper()),),
+                initargs=(logging.getLevelName(self._settings.log_level.upper()), os.getpid()),
             )
         return self._pool
 
@@ -748,7 +739,7 @@ def _write_version(folder: Path, backend: str, artifact: Path, file_name: str, j
     version = max(numbers, default=0) + 1
     staging = folder / f".publish-{job_id}"
     staging.mkdir()
-    shutil.copy2(artifact / file_name, staging / MODEL_FILES[backend])
+    shutil.copy2(artifact / file_name, staging / load_backend_class(backend).model_file())
     shutil.copy2(artifact / "manifest.json", staging / "manifest.json")
     staging.rename(folder / str(version))
     return version

@@ -6,8 +6,14 @@
      ├── AuthenticationError       401: no or wrong credentials
      ├── PermissionDeniedError     403: credentials without the needed scope, or a remote
      │                             client while the hub serves loopback only
-     ├── ModelNotFoundError        404: unknown model or version, or not loaded
+     ├── NotFoundError             404
+     │    ├── ModelNotFoundError   404: unknown model or version, or not loaded
+     │    ├── ArtifactNotFoundError  404: no such artifact file in the store
+     │    ├── CaptureNotFoundError   404: no captured model or shard
+     │    └── JobNotFoundError     404: no such conversion job
+     ├── ConflictError             409: a release or upload that clashes with what is there
      ├── PayloadTooLargeError      413: body over the limit
+     ├── UnsupportedMediaTypeError  415: an upload of a kind the converter does not take
      ├── RateLimitedError          429: per-key rate limit; ``retry_after_s``
      ├── UnavailableError          503: not ready, draining, or a model being unloaded
      │    ├── QueueFullError       503: the model's batching queue is full
@@ -26,14 +32,19 @@ from __future__ import annotations
 import math
 
 __all__ = [
+    "ArtifactNotFoundError",
     "AuthenticationError",
     "BackendUnavailableError",
     "BadRequestError",
+    "CaptureNotFoundError",
     "ConfigError",
+    "ConflictError",
     "HubError",
     "InferenceError",
+    "JobNotFoundError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "QueueFullError",
@@ -42,6 +53,7 @@ __all__ = [
     "StoreError",
     "StoreObjectMissingError",
     "UnavailableError",
+    "UnsupportedMediaTypeError",
     "error_headers",
 ]
 
@@ -70,12 +82,36 @@ class PermissionDeniedError(HubError):
     status = 403
 
 
-class ModelNotFoundError(HubError):
+class NotFoundError(HubError):
     status = 404
+
+
+class ModelNotFoundError(NotFoundError):
+    pass
+
+
+class CaptureNotFoundError(NotFoundError):
+    pass
+
+
+class ArtifactNotFoundError(NotFoundError):
+    pass
+
+
+class JobNotFoundError(NotFoundError):
+    pass
+
+
+class ConflictError(HubError):
+    status = 409
 
 
 class PayloadTooLargeError(HubError):
     status = 413
+
+
+class UnsupportedMediaTypeError(HubError):
+    status = 415
 
 
 class RateLimitedError(HubError):

@@ -47,6 +47,7 @@ from pydantic import ValidationError
 
 from protocols import (
     MANIFEST_FILENAME,
+    MODEL_NAME,
     RELEASE_FILENAME,
     ErrorResponse,
     ModelAnnouncement,
@@ -56,21 +57,22 @@ from protocols import (
 
 from .access import Access
 from .artifacts import ArtifactStore, scope_check
-from .errors import BadRequestError, HubError, PayloadTooLargeError, StoreObjectMissingError
-from .model_config import NAME
+from .errors import (
+    BadRequestError,
+    ConflictError,
+    HubError,
+    PayloadTooLargeError,
+    StoreObjectMissingError,
+)
 from .settings import HubSettings
 
-__all__ = ["Announcements", "Announcer", "ReleaseConflictError", "ReleaseStore", "router"]
+__all__ = ["Announcements", "Announcer", "ReleaseStore", "router"]
 
 logger = logging.getLogger(__name__)
 
 UPLOADS = ".uploads"
 RELEASE_MAX_BYTES = 4 * 1024 * 1024
 CHUNK_BYTES = 1 << 20
-
-
-class ReleaseConflictError(HubError):
-    status = 409
 
 
 class Announcer(Protocol):
@@ -135,7 +137,7 @@ class ReleaseStore:
                 f"the release expired at {release.signed.expires_at.isoformat()}; sign it again"
             )
         for part in (manifest.name, manifest.version, manifest.profile, manifest.file):
-            if not NAME.match(part):
+            if not MODEL_NAME.match(part):
                 raise BadRequestError(f"release names {part!r}, which cannot be a store folder")
         folder = f"{manifest.name}/{manifest.version}/{manifest.profile}"
         model_key = f"{folder}/{manifest.file}"
@@ -160,7 +162,7 @@ class ReleaseStore:
         if not claimed:
             stored = _read_json(self.objects, f"{folder}/{MANIFEST_FILENAME}")
             if stored != manifest.model_dump(mode="json"):
-                raise ReleaseConflictError(
+                raise ConflictError(
                     f"{manifest.name} {manifest.version} ({manifest.profile}) is published "
                     "already with another artifact; publish a higher version"
                 )
@@ -188,7 +190,7 @@ class ReleaseStore:
         """Per device class, the newest signed release of each model built for it."""
         newest: dict[tuple[str, str], tuple[int, list[dict[str, Any]]]] = {}
         for model in self.objects.children(""):
-            if not NAME.match(model):
+            if not MODEL_NAME.match(model):
                 continue
             keys = sorted(
                 info.key
@@ -197,7 +199,7 @@ class ReleaseStore:
             )
             for key in keys:
                 parts = key.split("/")
-                if len(parts) != 4 or not parts[1].isdigit() or not NAME.match(parts[2]):
+                if len(parts) != 4 or not parts[1].isdigit() or not MODEL_NAME.match(parts[2]):
                     continue
                 version = int(parts[1])
                 release = _read_release(self.objects, key)

@@ -136,8 +136,22 @@ class MqttSettings(_Section):
     max_in_flight: Annotated[int, Field(ge=1, le=65535)] = 256
     """MQTT 5 Receive Maximum: requests the broker may hand over before the hub answers."""
     dedup_ttl_s: Annotated[float, Field(gt=0)] = 600.0
-    """How long answers are kept to answer a repeated request id without running it again."""
-    dedup_max_entries: Annotated[int, Field(ge=1)] = 100_000
+    """How long final answers are kept to answer a repeated request (same device, id and
+    payload digest) without running it again."""
+    dedup_max_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    """Memory of that record: answers plus about 500 bytes per entry; the oldest go first.
+    Size it as repeats per second you must absorb x ``dedup_ttl_s`` x (answer bytes + 500)."""
+    dedup_max_entries: Annotated[int, Field(ge=1)] = 1_000_000
+    device_rate_per_s: Annotated[float, Field(gt=0)] | None = 200.0
+    """Requests per second one device may send, sustained (a token bucket per device);
+    ``None`` for no limit. Over it a request is answered 429 with ``retry_after_s``."""
+    device_burst: Annotated[int, Field(ge=1)] = 400
+    """Requests one device may send at once above its rate."""
+    max_running: Annotated[int, Field(ge=1)] = 128
+    """Requests handed to the models at once; the others wait in one queue per device, and a
+    freed place goes to the next device in turn."""
+    device_max_waiting: Annotated[int, Field(ge=1)] = 64
+    """Requests of one device that may wait for a place; past it, 429 with ``retry_after_s``."""
     reconnect_min_s: Annotated[int, Field(ge=1)] = 1
     reconnect_max_s: Annotated[int, Field(ge=1)] = 30
 
@@ -233,6 +247,9 @@ class HubSettings(BaseSettings):
     """How often each replica checks that the retained model announcements are the newest
     releases in the store, and publishes them again if not (another replica may have published
     an older view last)."""
+    capture_store: Path | None = None
+    """Where captured fallback requests are kept (models opt in with ``capture:`` in their
+    config.yaml); ``<model_repository>/.capture`` when unset."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("model_repository")
