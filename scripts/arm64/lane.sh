@@ -37,7 +37,7 @@ if [ "${1:-}" = --in-namespace ]; then
   mkdir -p "$rootfs/tmp/test-models"
   cp -L "$HYBRID_TEST_MODELS"/digits_* "$HYBRID_TEST_MODELS"/manifest.json "$rootfs/tmp/test-models/"
   "${USERLAND_ENV[@]}" CI=true HYBRID_TEST_MODELS=/tmp/test-models \
-    HYBRID_TEST_EXPECT_RUNTIME=ai_edge_litert chroot "$rootfs" /bin/sh -ec \
+    HYBRID_TEST_EXPECT_RUNTIME=ai_edge_litert HYBRID_TEST_AGENT_START_TIMEOUT_S=300 chroot "$rootfs" /bin/sh -ec \
     'cd /src && exec python scripts/run_pytest.py -q -p no:cacheprovider "$@"' pytest "${tests[@]}"
   exit 0
 fi
