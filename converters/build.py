@@ -261,6 +261,8 @@ class _Build:
             perms=layout_permutations(source.inputs, profile.input_layout),
         )
         result = converter_for(profile.format)(target)
+        for note in result.notes:
+            logger.info("%s: %s", profile.name, note)
         self.report(f"{profile.name}: validating on {samples.count} samples", fraction + step)
         size_bytes = output.stat().st_size
         runner = open_runner(output, profile.format, threads=profile.threads)
