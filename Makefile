@@ -5,13 +5,14 @@ EXTRAS ?= all,dev
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck pytest test-all bench demo clean reliability
+.PHONY: help venv test lint typecheck pytest test-all test-arm64 bench demo clean reliability
 
 help:
 	@echo "make test   - create .venv if missing, install, lint, type-check and run the tests"
 	@echo "make demo   - run the main job end to end on embedded defaults"
 	@echo "make bench  - run the benchmarks and rewrite benchmarks/RESULTS.md"
 	@echo "make test-all - the tests including those marked slow"
+	@echo "make test-arm64 - the edge agent on an emulated arm64 userland (as root; cached in .cache/arm64)"
 	@echo "make reliability - faults, fuzzing, abuse and the 30-minute soak at full size"
 
 $(PY):
@@ -40,6 +41,10 @@ test: lint typecheck pytest
 
 test-all: venv
 	$(PY) scripts/run_pytest.py $(PYTEST_ARGS)
+
+# The edge agent as aarch64 under qemu-user-static, broker and hub on the host (docs/edge-agent.md).
+test-arm64: venv
+	bash scripts/arm64/lane.sh $(ARM64_ARGS)
 
 # Full sizes of tests/reliability (CI runs them short); figures go to $(RELIABILITY_FIGURES).
 RELIABILITY_FIGURES ?= .cache/reliability/figures.jsonl

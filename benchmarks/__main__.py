@@ -11,6 +11,7 @@ BENCHMARKS = [
     "hub_batching",
     "hub_vs_triton",
     "fallback",
+    "fleet",
     "converter",
     "quantum",
 ]

@@ -1,9 +1,11 @@
 """The hub's HTTP API: the Open Inference Protocol v2, Triton's extensions, and /metrics.
 
-``create_app(settings)`` builds the ASGI application: the inference path
-(:mod:`cloud_hub.fastpath`) in front of a FastAPI app for everything else, whose lifespan loads
-the repository at start and drains it at shutdown. Every failure is answered as
-``{"error": "..."}`` with the status its error class carries.
+``create_app(settings)`` builds the process's state (:class:`cloud_hub.state.HubState`) and the
+ASGI application: the inference path (:mod:`cloud_hub.fastpath`) in front of a FastAPI app whose
+route groups are one module each (:mod:`cloud_hub.oip`, ``artifacts``, ``capture_api``,
+``conversions``, ``fleet``, ``releases``), and whose lifespan loads the repository at start and drains it at
+shutdown. Every failure is answered as ``{"error": "..."}`` with the status its error class
+carries.
 """
 
 from __future__ import annotations
@@ -12,45 +14,33 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
-from protocols import (
-    ErrorResponse,
-    ProtocolError,
-    ServerMetadata,
-)
+from protocols import ErrorResponse, ProtocolError
 
-from . import __version__, artifacts, conversions, fleet, releases
+from . import __version__, artifacts, capture_api, conversions, fleet, oip, releases
 from .access import Access
-from .auth import Principal
 from .body_limit import BodyLimit
+from .capture import Capture, FileShardStore, capture_root
 from .errors import HubError, error_headers
 from .fastpath import InferencePath
 from .metrics import HubMetrics
 from .repository import ModelRepository
 from .service import InferenceService
 from .settings import HubSettings
-from .triton_config import triton_config
+from .state import HubState
+from .store import open_store
 
-__all__ = ["EXTENSIONS", "create_app"]
+__all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
-
-EXTENSIONS = [
-    "binary_tensor_data",
-    "classification",
-    "model_repository",
-    "statistics",
-    "model_configuration",
-]
 
 # Every route may answer these, as {"error": ...}; documented so the OpenAPI schema tells the truth.
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -60,7 +50,9 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "no or bad credentials"),
         (403, "credentials without the scope, or a remote client of a hub without credentials"),
         (404, "no such model, version, job or file"),
+        (409, "a release or upload that clashes with what the hub holds"),
         (413, "body over the limit"),
+        (415, "an upload of a kind the converter does not take"),
         (429, "rate limit; see Retry-After"),
         (503, "not ready, shutting down, or a full queue"),
     )
@@ -69,70 +61,39 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def create_app(settings: HubSettings, *, serve_grpc: bool = False) -> ASGIApp:
     """The HTTP API; with ``serve_grpc`` (and ``settings.grpc_port``) its lifespan also runs
-    the gRPC listener in the same event loop."""
+    the gRPC listener (:mod:`cloud_hub.grpc`) in the same event loop."""
     metrics = HubMetrics()
-    limits = settings.limits.to_limits()
-    access = Access(settings.auth, metrics)
-    state: dict[str, Any] = {"ready": False}
     repository = ModelRepository(
         settings.model_repository, metrics, drain_timeout_s=settings.graceful_shutdown_s
     )
-
-    service = InferenceService(repository, limits)
-    fleet_view = fleet.FleetView(metrics)
-    release_store = releases.ReleaseStore(artifacts.ArtifactStore(artifacts.store_root(settings)))
+    capture = Capture(FileShardStore(capture_root(settings)), metrics)
+    # Shared by every replica: artifacts, uploads, releases, conversion jobs (docs/hub.md).
+    objects = open_store(settings)
+    artifact_store = artifacts.ArtifactStore(objects)
+    release_store = releases.ReleaseStore(artifact_store, work_dir=settings.conversions.work_dir)
+    hub = HubState(
+        settings=settings,
+        metrics=metrics,
+        access=Access(settings.auth, metrics),
+        repository=repository,
+        service=InferenceService(repository, settings.limits.to_limits(), capture=capture),
+        capture=capture,
+        fleet=fleet.FleetView(metrics),
+        objects=objects,
+        artifacts=artifact_store,
+        releases=release_store,
+    )
+    announcements = releases.Announcements(
+        release_store, lambda: hub.bridge, settings.announce_interval_s
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.load_models == "all":
-            await repository.load_all()
-        elif isinstance(settings.load_models, list):
-            for name in settings.load_models:
-                try:
-                    await repository.load(name)
-                except HubError as exc:
-                    logger.error("model %s did not load: %s", name, exc.message)
-        if settings.mqtt is not None:
-            from .mqtt_bridge import MqttBridge
-
-            bridge = MqttBridge(settings.mqtt, service, metrics, on_status=fleet_view.update)
-            state["bridge"] = bridge
-            await asyncio.to_thread(releases.announce_all, release_store, bridge)
-            await bridge.start()
-        if serve_grpc and settings.grpc_port:
-            from .grpc import GrpcListener
-
-            listener = GrpcListener(
-                settings,
-                service=service,
-                access=access,
-                ready=lambda: bool(state["ready"]),
-                extensions=EXTENSIONS,
-            )
-            await listener.start()
-            state["grpc"] = listener
-        # What is alive now (modules, settings, loaded models) lives as long as the process:
-        # frozen out of the collector's view, a full collection no longer walks it. Walking it
-        # took up to ~100 ms, stalling every request in flight: the small model's p99 at
-        # concurrency 64 over HTTP went from about 50 ms to 23 ms with the freeze.
-        gc.collect()
-        gc.freeze()
-        state["ready"] = True
-        logger.info(
-            "hub ready: %d model versions loaded from %s",
-            len(repository.loaded()),
-            settings.model_repository,
-        )
+        await _start(hub, serve_grpc=serve_grpc)
         try:
             yield
         finally:
-            state["ready"] = False
-            if "grpc" in state:
-                await state["grpc"].stop(settings.graceful_shutdown_s)
-            if "bridge" in state:
-                await state["bridge"].stop(drain_timeout_s=settings.graceful_shutdown_s)
-            await repository.close()
-            logger.info("hub stopped")
+            await _stop(hub)
 
     app = FastAPI(
         title="hybrid-inference hub",
@@ -142,10 +103,86 @@ def create_app(settings: HubSettings, *, serve_grpc: bool = False) -> ASGIApp:
         redoc_url=None,
         responses=_ERROR_RESPONSES,
     )
-    app.state.repository = repository
-    app.state.metrics = metrics
+    app.state.hub = hub
+    _error_handlers(app)
+    app.include_router(oip.router(hub))
+    app.include_router(artifacts.router(settings, hub.access, artifact_store))
+    app.include_router(conversions.router(settings, hub.access, repository, artifact_store))
+    app.include_router(fleet.router(hub.fleet, hub.access))
+    app.include_router(releases.router(settings, hub.access, release_store, announcements))
+    app.include_router(capture_api.router(capture, hub.access))
 
-    # -- errors ----------------------------------------------------------------------------------
+    inference = InferencePath(app, service=hub.service, access=hub.access, ready=lambda: hub.ready)
+    # Outermost, so the inference path and the FastAPI routes share one body limit.
+    return BodyLimit(inference, max_bytes=settings.limits.payload_max_bytes, metrics=metrics)
+
+
+async def _start(hub: HubState, *, serve_grpc: bool) -> None:
+    """Check the store, load the models, start the MQTT bridge and the gRPC listener when
+    configured, then report ready."""
+    settings, repository, objects = hub.settings, hub.repository, hub.objects
+    try:
+        await asyncio.to_thread(objects.children, "")
+    except HubError as exc:
+        raise HubError(f"the store is out of reach: {exc.message}") from exc
+    logger.info("store: %s", objects.description)
+    if settings.load_models == "all":
+        await repository.load_all()
+    elif isinstance(settings.load_models, list):
+        for name in settings.load_models:
+            try:
+                await repository.load(name)
+            except HubError as exc:
+                logger.error("model %s did not load: %s", name, exc.message)
+    if settings.mqtt is not None:
+        from .mqtt_bridge import MqttBridge
+
+        release_store = hub.releases
+        bridge = MqttBridge(
+            settings.mqtt,
+            hub.service,
+            hub.metrics,
+            on_status=hub.fleet.update,
+            retained_from=lambda: releases.retained_payloads(release_store),
+        )
+        hub.bridge = bridge
+        await bridge.start()
+    hub.capture.start()
+    if serve_grpc and settings.grpc_port:
+        from .grpc import GrpcListener
+
+        listener = GrpcListener(hub)
+        await listener.start()
+        hub.grpc = listener
+    # What is alive now (modules, settings, loaded models) lives as long as the process:
+    # frozen out of the collector's view, a full collection no longer walks it. Walking it
+    # took up to ~100 ms, stalling every request in flight: the small model's p99 at
+    # concurrency 64 over HTTP went from about 50 ms to 23 ms with the freeze.
+    gc.collect()
+    gc.freeze()
+    hub.ready = True
+    logger.info(
+        "hub ready: %d model versions loaded from %s",
+        len(repository.loaded()),
+        settings.model_repository,
+    )
+
+
+async def _stop(hub: HubState) -> None:
+    """Refuse new work, stop the bridge (draining its requests), then drain the models."""
+    hub.ready = False
+    if hub.grpc is not None:
+        await hub.grpc.stop(hub.settings.graceful_shutdown_s)
+    if hub.bridge is not None:
+        await hub.bridge.stop(drain_timeout_s=hub.settings.graceful_shutdown_s)
+    await hub.repository.close()
+    await asyncio.to_thread(hub.capture.stop)
+    hub.objects.close()
+    logger.info("hub stopped")
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every failure answered as ``{"error": ...}`` with the status its error carries."""
 
     @app.exception_handler(HubError)
     async def _hub_error(request: Request, exc: HubError) -> JSONResponse:
@@ -169,96 +206,3 @@ def create_app(settings: HubSettings, *, serve_grpc: bool = False) -> ASGIApp:
         return JSONResponse(
             {"error": f"invalid request: {exc.errors()[0].get('msg', 'invalid')}"}, status_code=400
         )
-
-    # -- access ----------------------------------------------------------------------------------
-
-    def require(scope: str) -> Callable[[Request], Awaitable[Principal | None]]:
-        async def check(request: Request) -> Principal | None:
-            return access.check(
-                request.headers, request.client.host if request.client else None, scope
-            )
-
-        return check
-
-    infer_scope = Depends(require("infer"))
-    admin_scope = Depends(require("admin"))
-
-    # -- health and metadata ---------------------------------------------------------------------
-
-    @app.get("/v2/health/live")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    async def ready() -> JSONResponse:
-        return JSONResponse({"ready": state["ready"]}, status_code=200 if state["ready"] else 503)
-
-    @app.get("/v2", dependencies=[infer_scope])
-    async def server_metadata() -> dict[str, Any]:
-        return ServerMetadata(
-            name=settings.server_name, version=__version__, extensions=EXTENSIONS
-        ).model_dump()
-
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus(request: Request) -> Response:
-        if not settings.metrics_public:
-            await require("admin")(request)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/v2/models/stats", dependencies=[infer_scope])
-    async def all_stats() -> dict[str, Any]:
-        return {"model_stats": [v.stats.as_json() for v in repository.loaded()]}
-
-    @app.get("/v2/models/{model}", dependencies=[infer_scope])
-    @app.get("/v2/models/{model}/versions/{version}", dependencies=[infer_scope])
-    async def model_metadata(model: str, version: str | None = None) -> dict[str, Any]:
-        loaded = repository.get(model, version)
-        return loaded.metadata(repository.versions(model)).model_dump(exclude_none=True)
-
-    @app.get("/v2/models/{model}/ready", dependencies=[infer_scope])
-    @app.get("/v2/models/{model}/versions/{version}/ready", dependencies=[infer_scope])
-    async def model_ready(model: str, version: str | None = None) -> dict[str, Any]:
-        repository.get(model, version)
-        return {"name": model, "ready": True}
-
-    @app.get("/v2/models/{model}/config", dependencies=[infer_scope])
-    @app.get("/v2/models/{model}/versions/{version}/config", dependencies=[infer_scope])
-    async def model_config(model: str, version: str | None = None) -> dict[str, Any]:
-        return triton_config(repository.get(model, version))
-
-    @app.get("/v2/models/{model}/stats", dependencies=[infer_scope])
-    @app.get("/v2/models/{model}/versions/{version}/stats", dependencies=[infer_scope])
-    async def model_stats(model: str, version: str | None = None) -> dict[str, Any]:
-        if version is None:
-            repository.get(model)
-            versions = [repository.get(model, v) for v in repository.versions(model)]
-        else:
-            versions = [repository.get(model, version)]
-        return {"model_stats": [v.stats.as_json() for v in versions]}
-
-    # -- repository extension ----------------------------------------------------------------------
-
-    @app.post("/v2/repository/index", dependencies=[admin_scope])
-    async def repository_index() -> list[dict[str, str]]:
-        return repository.index()
-
-    @app.post("/v2/repository/models/{model}/load", dependencies=[admin_scope])
-    async def load_model(model: str) -> dict[str, Any]:
-        await repository.load(model)
-        return {}
-
-    @app.post("/v2/repository/models/{model}/unload", dependencies=[admin_scope])
-    async def unload_model(model: str) -> dict[str, Any]:
-        await repository.unload(model)
-        return {}
-
-    app.include_router(artifacts.router(settings, access))
-    app.include_router(conversions.router(settings, access, repository))
-    app.include_router(fleet.router(fleet_view, access))
-    app.include_router(releases.router(settings, access, lambda: state.get("bridge")))
-
-    inference = InferencePath(
-        app, service=service, access=access, ready=lambda: bool(state["ready"])
-    )
-    # Outermost, so the inference path and the FastAPI routes share one body limit.
-    return BodyLimit(inference, max_bytes=settings.limits.payload_max_bytes, metrics=metrics)

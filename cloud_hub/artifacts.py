@@ -1,56 +1,55 @@
-"""The artifact store: converted models on the filesystem, listed and downloaded over HTTP.
+"""The artifact store: converted models in the shared store, listed and downloaded over HTTP.
 
 Layout, one folder per build of a model, one sub-folder per device profile, as
-``model-convert build --out`` writes them::
+``model-convert build --out`` writes them (keys in the store, :mod:`cloud_hub.store`)::
 
-    <store>/<name>/<version>/<profile>/model.tflite | model.onnx | model.plan
-    <store>/<name>/<version>/<profile>/manifest.json
+    <name>/<version>/<profile>/model.tflite | model.onnx | model.plan
+    <name>/<version>/<profile>/manifest.json
+    <name>/<version>/<profile>/release.json     (signed releases, :mod:`cloud_hub.releases`)
+    <name>/<version>/.reserved                  (the conversion job that took the version)
 
-The store is ``settings.artifact_store``, by default ``<model_repository>/.artifacts`` (the
-repository ignores dot-folders, and one volume then holds both, so publishing a version is a
-copy on one filesystem). Dot-folders inside the store (``.staging``, ``.uploads``) hold work in
-progress and are never listed or served.
+With the filesystem store the folder is ``store.path``, else ``artifact_store``, else
+``<model_repository>/.artifacts`` (the repository ignores dot-folders). Keys starting with a dot
+(``.uploads/``, ``.jobs/``) hold uploads and conversion jobs and are never listed or served. An
+artifact is listed once its manifest is stored, and its manifest is stored after its model file.
 
 ``GET /v1/artifacts`` lists the artifacts (filters: ``name``, ``device_class``, ``profile``);
 ``GET /v1/artifacts/{name}/{version}/{file}`` downloads one file, where ``file`` is a path inside
-the version folder (``rpi4-litert-fp16/model.tflite``), with HTTP Range support. Both need the
-``infer`` scope. Names are checked part by part and the resolved path must stay inside the store,
-so neither ``..`` nor a link leads out of it.
-
-Signed releases (``release.json`` beside the manifest) are published and announced by
-:mod:`cloud_hub.releases`; see docs/updates.md.
+the version folder (``rpi4-litert-fp16/model.tflite``), with HTTP Range support, from whichever
+replica answers. Both need the ``infer`` scope. Names are checked part by part, so no key
+leads out of the artifacts.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+import re
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import Response, StreamingResponse
 
-from protocols import MANIFEST_FILENAME, RELEASE_FILENAME
+from protocols import MANIFEST_FILENAME, MODEL_NAME, RELEASE_FILENAME
 
 from .access import Access
 from .auth import Principal
-from .errors import HubError, UnavailableError
-from .model_config import NAME
+from .errors import ArtifactNotFoundError, StoreObjectMissingError
 from .settings import HubSettings
+from .store import ObjectInfo, ObjectStore, open_store
 
-__all__ = ["ArtifactNotFoundError", "ArtifactStore", "router", "scope_check", "store_root"]
+__all__ = [
+    "ArtifactStore",
+    "ranged_response",
+    "router",
+    "scope_check",
+]
 
 logger = logging.getLogger(__name__)
 
-
-class ArtifactNotFoundError(HubError):
-    status = 404
-
-
-def store_root(settings: HubSettings) -> Path:
-    return settings.artifact_store or settings.model_repository / ".artifacts"
+RESERVED = ".reserved"
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def scope_check(access: Access, scope: str) -> Callable[[Request], Awaitable[Principal | None]]:
@@ -63,40 +62,27 @@ def scope_check(access: Access, scope: str) -> Callable[[Request], Awaitable[Pri
 
 
 class ArtifactStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    """The artifacts in a shared :class:`ObjectStore` (blocking calls; run them in threads)."""
 
-    def ensure(self) -> Path:
-        """The store's folder, made when missing; 503 when it cannot be."""
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UnavailableError(
-                f"the artifact store {self.root} is not writable: {exc}"
-            ) from exc
-        return self.root.resolve()
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
 
-    def work_dir(self, kind: str, job_id: str) -> Path:
-        """``<store>/.<kind>/<job_id>``, for uploads and builds in progress."""
-        return self.ensure() / f".{kind}" / job_id
+    @classmethod
+    def from_settings(cls, settings: HubSettings) -> ArtifactStore:
+        return cls(open_store(settings))
 
     def versions(self, name: str) -> list[int]:
-        folder = self.root / name
-        if not NAME.match(name) or not folder.is_dir():
+        if not MODEL_NAME.match(name):
             return []
-        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+        return sorted(int(v) for v in self.objects.children(f"{name}/") if v.isdigit())
 
-    def next_version(self, name: str, reserved: set[int]) -> int:
-        return max([*self.versions(name), *reserved], default=0) + 1
-
-    def commit(self, built: Path, name: str, version: int) -> Path:
-        """Move a finished build folder into place as ``<name>/<version>`` (one rename)."""
-        target = self.ensure() / name / str(version)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            raise HubError(f"artifact {name}/{version} exists already")
-        built.rename(target)
-        return target
+    def reserve_version(self, name: str, owner: str) -> int:
+        """The next free version of ``name``, claimed for ``owner`` in the store, so replicas
+        taking versions at once never take the same one."""
+        version = max(self.versions(name), default=0) + 1
+        while not self.objects.put_if_absent(f"{name}/{version}/{RESERVED}", owner.encode()):
+            version += 1
+        return version
 
     def entries(
         self,
@@ -106,42 +92,45 @@ class ArtifactStore:
         profile: str | None = None,
     ) -> list[dict[str, Any]]:
         """Every artifact with a readable manifest, newest version first within a name."""
-        if not self.root.is_dir():
-            return []
         found: list[dict[str, Any]] = []
-        for model in sorted(self.root.iterdir()):
-            if not NAME.match(model.name) or (name is not None and model.name != name):
+        models = [name] if name is not None else self.objects.children("")
+        for model in models:
+            if not MODEL_NAME.match(model):
                 continue
-            for version in sorted(self.versions(model.name), reverse=True):
-                folder = model / str(version)
-                for artifact in sorted(folder.iterdir()):
-                    entry = self._entry(model.name, version, artifact)
-                    if entry is None:
-                        continue
-                    if device_class is not None and entry["device_class"] != device_class:
-                        continue
-                    if profile is not None and entry["profile"] != profile:
-                        continue
-                    found.append(entry)
+            folders: dict[tuple[int, str], set[str]] = {}
+            for info in self.objects.list_objects(f"{model}/"):
+                parts = info.key.split("/")
+                if len(parts) == 4 and parts[1].isdigit() and MODEL_NAME.match(parts[2]):
+                    folders.setdefault((int(parts[1]), parts[2]), set()).add(parts[3])
+            for (version, folder), files in sorted(
+                folders.items(), key=lambda i: (-i[0][0], i[0][1])
+            ):
+                if MANIFEST_FILENAME not in files:
+                    continue
+                entry = self._entry(model, version, folder, RELEASE_FILENAME in files)
+                if entry is None:
+                    continue
+                if device_class is not None and entry["device_class"] != device_class:
+                    continue
+                if profile is not None and entry["profile"] != profile:
+                    continue
+                found.append(entry)
         return found
 
-    @staticmethod
-    def _entry(name: str, version: int, folder: Path) -> dict[str, Any] | None:
-        manifest_path = folder / MANIFEST_FILENAME
-        if not NAME.match(folder.name) or not manifest_path.is_file():
-            return None
+    def _entry(self, name: str, version: int, folder: str, signed: bool) -> dict[str, Any] | None:
+        key = f"{name}/{version}/{folder}/{MANIFEST_FILENAME}"
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = json.loads(self.objects.get(key))
             file_name = str(manifest["file"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("artifact %s: unreadable manifest: %s", folder, exc)
+        except (StoreObjectMissingError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("artifact %s: unreadable manifest: %s", key, exc)
             return None
-        base = f"/v1/artifacts/{name}/{version}/{folder.name}"
+        base = f"/v1/artifacts/{name}/{version}/{folder}"
         validation = manifest.get("validation") or {}
         entry: dict[str, Any] = {
             "name": name,
             "version": str(version),
-            "profile": manifest.get("profile", folder.name),
+            "profile": manifest.get("profile", folder),
             "device_class": manifest.get("device_class"),
             "format": manifest.get("format"),
             "precision": manifest.get("precision"),
@@ -150,27 +139,71 @@ class ArtifactStore:
             "created_at": manifest.get("created_at"),
             "validation_passed": validation.get("passed"),
             "files": {"model": f"{base}/{file_name}", "manifest": f"{base}/{MANIFEST_FILENAME}"},
-            "signed": (folder / RELEASE_FILENAME).is_file(),
+            "signed": signed,
         }
-        if entry["signed"]:
+        if signed:
             entry["files"]["release"] = f"{base}/{RELEASE_FILENAME}"
         return entry
 
-    def resolve(self, name: str, version: str, file: str) -> Path:
-        """The file at ``<name>/<version>/<file>``, or 404; never a path outside the store."""
+    def resolve(self, name: str, version: str, file: str) -> tuple[str, ObjectInfo]:
+        """The key and size of ``<name>/<version>/<file>``, or 404; never a key outside the
+        artifacts (no dot-folders, no ``..``)."""
         parts = [name, version, *file.split("/")]
         missing = ArtifactNotFoundError(f"no artifact file {name}/{version}/{file}")
-        if not version.isdigit() or len(parts) > 8 or not all(NAME.match(p) for p in parts):
+        if not version.isdigit() or len(parts) > 8 or not all(MODEL_NAME.match(p) for p in parts):
             raise missing
-        root = self.root.resolve()
-        path = root.joinpath(*parts).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
+        key = "/".join(parts)
+        info = self.objects.stat(key)
+        if info is None:
             raise missing
-        return path
+        return key, info
 
 
-def router(settings: HubSettings, access: Access) -> APIRouter:
-    store = ArtifactStore(store_root(settings))
+def ranged_response(
+    objects: ObjectStore,
+    key: str,
+    info: ObjectInfo,
+    range_header: str | None,
+    *,
+    media_type: str,
+    filename: str,
+) -> Response:
+    """The object, whole (200) or one byte range of it (206, ``Range: bytes=a-b``, ``a-`` or
+    ``-n``); 416 for a range past its end. Several ranges get the whole object."""
+    size = info.size_bytes
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Last-Modified": _http_date(info.modified_s),
+    }
+    start, end, status = 0, size, 200
+    match = _RANGE.match((range_header or "").replace(" ", ""))
+    if match and (match.group(1) or match.group(2)):
+        first, last = match.group(1), match.group(2)
+        if first:
+            start = int(first)
+            end = min(size, int(last) + 1) if last else size
+        else:
+            start, end = max(0, size - int(last)), size
+        if start >= size or end <= start:
+            return Response(
+                status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"}
+            )
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    headers["Content-Length"] = str(end - start)
+    body: Iterator[bytes] = objects.read(key, start, end)
+    return StreamingResponse(body, status_code=status, media_type=media_type, headers=headers)
+
+
+def _http_date(epoch_s: float) -> str:
+    from email.utils import formatdate
+
+    return formatdate(epoch_s, usegmt=True)
+
+
+def router(settings: HubSettings, access: Access, store: ArtifactStore | None = None) -> APIRouter:
+    store = store or ArtifactStore.from_settings(settings)
     infer_scope = Depends(scope_check(access, "infer"))
     api = APIRouter()
 
@@ -181,9 +214,18 @@ def router(settings: HubSettings, access: Access) -> APIRouter:
         return {"artifacts": store.entries(name=name, device_class=device_class, profile=profile)}
 
     @api.get("/v1/artifacts/{name}/{version}/{file:path}", dependencies=[infer_scope])
-    async def download(name: str, version: str, file: str) -> FileResponse:
-        path = store.resolve(name, version, file)
-        media_type = "application/json" if path.suffix == ".json" else "application/octet-stream"
-        return FileResponse(path, media_type=media_type, filename=path.name)
+    def download(name: str, version: str, file: str, request: Request) -> Response:
+        key, info = store.resolve(name, version, file)
+        filename = key.rsplit("/", 1)[-1]
+        return ranged_response(
+            store.objects,
+            key,
+            info,
+            request.headers.get("range"),
+            media_type="application/json"
+            if filename.endswith(".json")
+            else "application/octet-stream",
+            filename=filename,
+        )
 
     return api

@@ -7,7 +7,6 @@ Inputs and outputs may be left out; they are then read from the model file.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,11 +18,8 @@ from protocols import Datatype
 from .backends.base import BackendName
 from .errors import ConfigError
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-"""A model, artifact, version or file name: safe as one path segment, never ``.`` or ``..``."""
-
 __all__ = [
-    "NAME",
+    "CaptureConfig",
     "DynamicBatching",
     "ModelConfig",
     "ResponseCache",
@@ -83,6 +79,22 @@ class ResponseCache(_Strict):
     max_entries: Annotated[int, Field(ge=1)] = 1024
 
 
+class CaptureConfig(_Strict):
+    """Keep the requests devices hand over (fallbacks) with the answers, as dataset shards
+    (docs/capture.md). Off unless the model's config has a ``capture`` section."""
+
+    sample_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    """Share of the fallback requests kept, drawn at random per request."""
+    max_bytes: Annotated[int, Field(gt=0)] = 256 * 1024 * 1024
+    """The model's shards together stay under this; the oldest go first."""
+    retention_s: Annotated[float, Field(gt=0)] = 7 * 86_400.0
+    """Shards older than this are deleted."""
+    shard_records: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    """Records per shard: a shard is written once this many are buffered..."""
+    flush_interval_s: Annotated[float, Field(gt=0)] = 60.0
+    """...or once its oldest buffered record is this old."""
+
+
 class ModelConfig(_Strict):
     backend: BackendName
     max_batch_size: Annotated[int, Field(ge=0)] = 0
@@ -99,6 +111,8 @@ class ModelConfig(_Strict):
     inter_op_threads: Annotated[int, Field(ge=0)] = 0
     device: Literal["auto", "cpu", "gpu"] = "auto"
     parameters: dict[str, Any] = Field(default_factory=dict)
+    capture: CaptureConfig | None = None
+    """Keep fallback requests and their answers for distillation; ``None``: keep nothing."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:

@@ -7,16 +7,22 @@ correlated by the request id.
 
 Delivery: QoS 1 with manual acknowledgement, sent only once the answer is published, and the
 MQTT 5 Receive Maximum bounds the requests in flight (the broker holds the rest). A request
-repeated with the same id (a device retrying after a lost answer) is answered from a record of
-recent answers instead of being run twice. Requests past their Message Expiry are dropped and
-counted. A bad payload gets an error reply where it has somewhere to go, is counted, and never
-stops the bridge.
+repeated with the same id and the same payload (a device retrying after a lost answer) joins the
+run in progress or gets its recorded final answer (:mod:`cloud_hub.answers`); the same id with
+other content is another request. Each device has a token bucket and its own queue for a place
+at the models, served in turn (:mod:`cloud_hub.fairness`). Requests past their Message Expiry are
+dropped and counted. A bad payload gets an error reply where it has somewhere to go, is counted,
+and never stops the bridge.
+
+    message -> topic and Response Topic checks -> device's token bucket (429 + retry_after_s)
+            -> decode -> record: (device, id, digest) seen? -> answer or join the run
+            -> wait for a place, in turn per device -> model -> settle (final: keep) -> publish
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import json
 import logging
 import math
 import os
@@ -35,6 +41,7 @@ from paho.mqtt.properties import Properties
 from prometheus_client import Counter, Gauge, Histogram
 
 from protocols import (
+    DecodedRequest,
     ProtocolError,
     TopicKind,
     content_type_of,
@@ -48,12 +55,15 @@ from protocols import (
     wants_binary_output,
 )
 from protocols.codec import BINARY_DATA, BINARY_DATA_OUTPUT, BinaryChoice
+from protocols.envelope import split_frame
 from protocols.errors import TopicError
-from protocols.topics import TOPIC_PREFIX
+from protocols.topics import FLEET, TOPIC_PREFIX
 
+from .answers import FINAL_ERROR_STATUSES, RecentAnswers, digest
 from .errors import HubError, RequestTimeoutError
+from .fairness import DeviceBuckets, FairQueue
 from .fleet import STATUS_SUBSCRIPTION
-from .metrics import HubMetrics
+from .metrics import LATENCY_BUCKETS_S, HubMetrics
 from .service import SERVED_BY, InferenceService
 from .settings import MqttSettings
 
@@ -62,6 +72,9 @@ __all__ = ["MqttBridge", "RecentAnswers"]
 logger = logging.getLogger(__name__)
 
 _STATUS_SUFFIX = "/" + TopicKind.STATUS.value
+_FLEET_PREFIX = f"{TOPIC_PREFIX}/{FLEET}/"
+FLEET_MODELS_SUBSCRIPTION = f"{_FLEET_PREFIX}+/{TopicKind.FLEET_MODELS.value}"
+"""Every device class's retained announcement, watched so a replica sees what the broker holds."""
 
 
 class BridgeMetrics:
@@ -69,8 +82,33 @@ class BridgeMetrics:
         r = metrics.registry
         self.messages = Counter(
             "hub_mqtt_requests",
-            "MQTT requests by outcome: answered, error, expired, duplicate, malformed, no_reply_topic",
+            "MQTT requests by outcome: answered, error, expired, duplicate (from the record), "
+            "joined (a run in progress), rate_limited, malformed",
             ["outcome"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "hub_mqtt_rate_limited",
+            "Requests refused with 429: reason rate (the device's token bucket) or waiting "
+            "(the device's queue for the models is full)",
+            ["reason"],
+            registry=r,
+        )
+        self.waiting = Gauge(
+            "hub_mqtt_waiting", "Requests waiting for a place at the models", registry=r
+        )
+        self.dedup_bytes = Gauge(
+            "hub_mqtt_dedup_bytes",
+            "Bytes held by the record of recent requests (answers plus per-entry overhead)",
+            registry=r,
+        )
+        self.dedup_entries = Gauge(
+            "hub_mqtt_dedup_entries", "Requests in the record of recent requests", registry=r
+        )
+        self.dedup_evicted = Counter(
+            "hub_mqtt_dedup_evicted",
+            "Entries dropped from the record of recent requests: ttl, bytes, entries",
+            ["reason"],
             registry=r,
         )
         self.connected = Gauge(
@@ -80,61 +118,9 @@ class BridgeMetrics:
         self.duration = Histogram(
             "hub_mqtt_request_duration_seconds",
             "From receipt to published answer",
-            buckets=(
-                0.0005,
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1.0,
-                2.5,
-                5.0,
-            ),
+            buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-
-
-class RecentAnswers:
-    """Answers to recent request ids per device, for a bounded time and count.
-
-    A repeat of an id being served waits for the first run's answer; a repeat of an answered id
-    gets the stored answer.
-    """
-
-    def __init__(self, max_entries: int, ttl_s: float) -> None:
-        self._entries: collections.OrderedDict[
-            tuple[str, str], tuple[float, asyncio.Future[bytes]]
-        ] = collections.OrderedDict()
-        self._max = max_entries
-        self._ttl_s = ttl_s
-
-    def claim(self, key: tuple[str, str]) -> tuple[bool, asyncio.Future[bytes]]:
-        """``(True, future)`` for the first sighting of ``key`` (resolve it with the answer), else
-        ``(False, future)`` holding or awaiting the first answer."""
-        now = time.monotonic()
-        while self._entries:
-            oldest_key, (created, _) = next(iter(self._entries.items()))
-            if now - created < self._ttl_s and len(self._entries) < self._max:
-                break
-            self._entries.pop(oldest_key)
-        entry = self._entries.get(key)
-        if entry is not None:
-            return False, entry[1]
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._entries[key] = (now, future)
-        return True, future
-
-    def forget(self, key: tuple[str, str]) -> None:
-        """Drop a claim whose run produced no answer worth repeating (it expired)."""
-        self._entries.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,13 +143,33 @@ class MqttBridge:
         metrics: HubMetrics,
         *,
         on_status: Callable[[str, bytes], object] | None = None,
+        retained_from: Callable[[], dict[str, bytes]] | None = None,
     ) -> None:
-        """``on_status`` gets every device's retained status (topic, payload) on paho's thread."""
+        """``on_status`` gets every device's retained status (topic, payload) on paho's thread.
+        ``retained_from`` gives the retained messages to publish on each connect (read from the
+        shared store then); without it, or when it fails, the last ones set are published."""
         self._settings = settings
         self._on_status = on_status
+        self._retained_from = retained_from
+        self._seen: dict[str, bytes] = {}
         self._service = service
         self._metrics = BridgeMetrics(metrics)
-        self._answers = RecentAnswers(settings.dedup_max_entries, settings.dedup_ttl_s)
+        evicted = self._metrics.dedup_evicted
+        self._answers = RecentAnswers(
+            max_bytes=settings.dedup_max_bytes,
+            max_entries=settings.dedup_max_entries,
+            ttl_s=settings.dedup_ttl_s,
+            on_evict=lambda reason: evicted.labels(reason=reason).inc(),
+        )
+        self._metrics.dedup_bytes.set_function(lambda: self._answers.size_bytes)
+        self._metrics.dedup_entries.set_function(lambda: len(self._answers))
+        self._buckets = (
+            DeviceBuckets(settings.device_rate_per_s, settings.device_burst)
+            if settings.device_rate_per_s is not None
+            else None
+        )
+        self._fair = FairQueue(settings.max_running, settings.device_max_waiting)
+        self._metrics.waiting.set_function(lambda: self._fair.waiting)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._connected = threading.Event()
@@ -240,6 +246,12 @@ class MqttBridge:
         info = self._client.publish(topic, payload, qos=1, retain=True)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
+    def retained(self, topic: str) -> bytes | None:
+        """The last message seen on a fleet topic (the broker's retained one, or a newer one),
+        when the bridge watches them (``retained_from`` given)."""
+        with self._retained_lock:
+            return self._seen.get(topic)
+
     def _subscription(self) -> str:
         if self._settings.shared:
             return shared_request_subscription(self._settings.share_group)
@@ -259,6 +271,15 @@ class MqttBridge:
         client.subscribe(self._subscription(), qos=1)
         if self._on_status is not None:
             client.subscribe(STATUS_SUBSCRIPTION, qos=1)
+        if self._retained_from is not None:
+            client.subscribe(FLEET_MODELS_SUBSCRIPTION, qos=1)
+            try:
+                fresh = self._retained_from()
+            except Exception as exc:
+                logger.warning("retained messages not read again on connect: %s", exc)
+            else:
+                with self._retained_lock:
+                    self._retained.update(fresh)
         with self._retained_lock:
             retained = list(self._retained.items())
         for topic, payload in retained:
@@ -276,6 +297,12 @@ class MqttBridge:
             logger.warning("MQTT bridge disconnected (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.startswith(_FLEET_PREFIX):
+            with self._retained_lock:
+                self._seen[msg.topic] = bytes(msg.payload)
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+            return
         if self._on_status is not None and msg.topic.endswith(_STATUS_SUFFIX):
             try:
                 self._on_status(msg.topic, bytes(msg.payload))
@@ -350,6 +377,11 @@ class MqttBridge:
             )
             return "malformed"
         deadline_s = incoming.received_s + incoming.expiry_s if incoming.expiry_s else None
+        if self._buckets is not None:
+            wait_s = self._buckets.take(device_id, incoming.received_s)
+            if wait_s is not None:
+                self._refuse(incoming, reply_to, device_id, "rate", wait_s, deadline_s)
+                return "rate_limited"
         try:
             decoded = decode_mqtt_request(incoming.payload, limits=self._service.limits)
         except ProtocolError as exc:
@@ -358,28 +390,75 @@ class MqttBridge:
             )
             return "malformed"
         request = decoded.request
-        key = (device_id, request.id) if request.id else None
-        if key is not None:
-            first, answer = self._answers.claim(key)
-            if not first:
-                try:
-                    payload = await asyncio.shield(answer)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    return "expired"
+        if not request.id:
+            payload, outcome = await self._run(incoming, device_id, decoded, deadline_s)
+            if payload is not None:
                 self._publish(incoming, reply_to, payload, deadline_s)
+            return outcome if outcome != "final_error" else "error"
+        key = (device_id, request.id, digest(incoming.payload))
+        first, entry = self._answers.claim(key)
+        if not first:
+            if entry.answer is not None:
+                self._publish(incoming, reply_to, entry.answer, deadline_s)
                 return "duplicate"
-        else:
-            answer = None
-        outcome = "answered"
+            assert entry.running is not None
+            try:
+                payload = await asyncio.shield(entry.running)
+            except RequestTimeoutError:
+                return "expired"
+            if deadline_s is not None and time.monotonic() >= deadline_s:
+                return "expired"
+            self._publish(incoming, reply_to, payload, deadline_s)
+            return "joined"
+        try:
+            payload, outcome = await self._run(incoming, device_id, decoded, deadline_s)
+        except BaseException as exc:
+            self._answers.abandon(key, entry, RequestTimeoutError(f"the first run failed: {exc}"))
+            raise
+        if payload is None:
+            self._answers.abandon(key, entry, RequestTimeoutError("the request expired"))
+            return outcome
+        self._answers.settle(key, entry, payload, final=outcome in ("answered", "final_error"))
+        if deadline_s is not None and time.monotonic() >= deadline_s:
+            return "expired"
+        self._publish(incoming, reply_to, payload, deadline_s)
+        return outcome if outcome != "final_error" else "error"
+
+    async def _run(
+        self,
+        incoming: _Incoming,
+        device_id: str,
+        decoded: DecodedRequest,
+        deadline_s: float | None,
+    ) -> tuple[bytes | None, str]:
+        """Run one request in its device's turn: ``(answer, "answered")``, ``(error,
+        "final_error")`` for an error a retry would get again, ``(error, "error")`` for one it
+        may not, ``(error, "rate_limited")``, or ``(None, "expired")``."""
+        request = decoded.request
+        if self._fair.full_for(device_id):
+            self._metrics.rate_limited.labels(reason="waiting").inc()
+            hint = 1 / self._buckets.rate_per_s if self._buckets is not None else 0.1
+            return _too_many(
+                f"device {device_id!r} has {self._settings.device_max_waiting} requests "
+                "waiting for the models; retry later",
+                request.id,
+                hint,
+            ), "rate_limited"
+        try:
+            await self._fair.acquire(
+                device_id, deadline_s - time.monotonic() if deadline_s is not None else None
+            )
+        except TimeoutError:
+            return None, "expired"
         try:
             if deadline_s is not None and time.monotonic() >= deadline_s:
                 raise RequestTimeoutError("the request expired before it ran")
             timeout_s = deadline_s - time.monotonic() if deadline_s is not None else None
             model = request.model_name  # type: ignore[attr-defined]
             version = request.model_version  # type: ignore[attr-defined]
-            loaded, result = await self._service.run(model, version, decoded, timeout_s=timeout_s)
+            loaded, result = await self._service.run(
+                model, version, decoded, timeout_s=timeout_s, device_id=device_id
+            )
             framed = content_type_of(incoming.payload) != "application/json"
             payload = encode_mqtt_response(
                 result,
@@ -389,21 +468,34 @@ class MqttBridge:
                 parameters={"served_by": SERVED_BY},
                 binary=_binary_choice(request, result, framed=framed),
             )
+            return payload, "answered"
         except RequestTimeoutError:
-            if key is not None and answer is not None:
-                self._answers.forget(key)
-                answer.set_exception(RequestTimeoutError("expired"))
-                answer.exception()  # retrieved: a repeat may never come to await it
-            return "expired"
+            return None, "expired"
         except HubError as exc:
             payload = encode_mqtt_error(exc.message, id=request.id, status=exc.status)
-            outcome = "error"
-        if answer is not None and not answer.done():
-            answer.set_result(payload)
-        if deadline_s is not None and time.monotonic() >= deadline_s:
-            return "expired"
-        self._publish(incoming, reply_to, payload, deadline_s)
-        return outcome
+            return payload, "final_error" if exc.status in FINAL_ERROR_STATUSES else "error"
+        finally:
+            self._fair.release()
+
+    def _refuse(
+        self,
+        incoming: _Incoming,
+        reply_to: str,
+        device_id: str,
+        reason: str,
+        wait_s: float,
+        deadline_s: float | None,
+    ) -> None:
+        """Answer 429 before decoding: the id is read from the JSON header alone."""
+        self._metrics.rate_limited.labels(reason=reason).inc()
+        message = (
+            f"device {device_id!r} is over its rate limit "
+            f"({self._settings.device_rate_per_s:g} requests/s, burst "
+            f"{self._settings.device_burst}); retry after {wait_s:.3f} s"
+        )
+        self._publish(
+            incoming, reply_to, _too_many(message, _peek_id(incoming.payload), wait_s), deadline_s
+        )
 
     def _publish(
         self, incoming: _Incoming, topic: str, payload: bytes, deadline_s: float | None = None
@@ -420,6 +512,20 @@ class MqttBridge:
             self._client.publish(topic, payload, qos=1, properties=props)
         except ValueError as exc:  # a response topic with wildcards, or an empty one
             logger.warning("cannot answer on %r: %s", topic, exc)
+
+
+def _too_many(message: str, request_id: str | None, retry_after_s: float) -> bytes:
+    return encode_mqtt_error(message, id=request_id, status=429, retry_after_s=retry_after_s)
+
+
+def _peek_id(payload: bytes) -> str | None:
+    """The request id, from the JSON header only; ``None`` when there is none to read."""
+    try:
+        header, _ = split_frame(payload)
+        value = json.loads(bytes(header)).get("id")
+    except (ProtocolError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _may_answer_on(topic: str, device_id: str) -> bool:

@@ -1,4 +1,4 @@
-"""Signed releases: uploads, publishing into the artifact store, and fleet announcements.
+"""Signed releases: uploads, publishing into the shared store, and fleet announcements.
 
     PUT  /v1/uploads/{sha256}   admin; the model file as the raw body, kept only if its sha256
                                 is the one named (content-addressed: a repeat is harmless)
@@ -6,38 +6,48 @@
                                 upload by sha256: stored as <name>/<version>/<profile>/ with
                                 the model, manifest.json and release.json, then announced
 
-The hub does not trust or check signatures: devices do (docs/updates.md). It checks what it
-can see: the release parses and has not expired, the upload matches the manifest's sha256 and
-size, and a version
-already stored is never replaced by other bytes (409). Publishing the same artifact again with a
-new release (a new expiry, more signatures) replaces only ``release.json``.
+Uploads (``.uploads/<sha256>``) and releases live in the shared store, so the upload and the
+release may reach different replicas. The hub does not trust or check signatures: devices do
+(docs/updates.md). It checks what it can see: the release parses and has not expired, the
+upload matches the manifest's sha256 and size, and a version already stored is never replaced
+by other bytes (409). Publishing the same artifact again with a new release (a new expiry, more
+signatures) replaces only ``release.json``.
+
+Two replicas publishing one folder at once: the manifest is written first with
+``put_if_absent``, and the replica whose manifest landed writes the model; the other compares
+manifests (409 when they differ). ``release.json`` is written last, and only a folder with one
+is announced, so a device never hears of a model that is not whole in the store.
 
 Each device class's announcement (:class:`protocols.ModelAnnouncement`) holds the newest
-release of every model built for it; it is published retained on
-``hybrid/v1/fleet/{device_class}/models`` after each publish and again on every connect of the
-MQTT bridge (the broker may have lost it).
+release of every model built for it, read from the store, so every replica computes the same
+bytes (``published_at`` is the newest release's ``signed_at``). It is published retained on
+``hybrid/v1/fleet/{device_class}/models`` after each publish, on every connect of the MQTT
+bridge (read from the store again then), and by a periodic check (``announce_interval_s``) when
+the store's newest differs from what the broker holds (the bridge watches the fleet topics),
+which repairs an older view that another replica published last.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
 import os
-import shutil
-import uuid
-from collections.abc import Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from protocols import (
     MANIFEST_FILENAME,
+    MODEL_NAME,
     RELEASE_FILENAME,
     ErrorResponse,
     ModelAnnouncement,
@@ -46,22 +56,23 @@ from protocols import (
 )
 
 from .access import Access
-from .artifacts import ArtifactStore, scope_check, store_root
-from .errors import BadRequestError, HubError, PayloadTooLargeError
-from .model_config import NAME
+from .artifacts import ArtifactStore, scope_check
+from .errors import (
+    BadRequestError,
+    ConflictError,
+    HubError,
+    PayloadTooLargeError,
+    StoreObjectMissingError,
+)
 from .settings import HubSettings
 
-__all__ = ["Announcer", "ReleaseConflictError", "ReleaseStore", "router"]
+__all__ = ["Announcements", "Announcer", "ReleaseStore", "router"]
 
 logger = logging.getLogger(__name__)
 
-UPLOADS = "uploads"
+UPLOADS = ".uploads"
 RELEASE_MAX_BYTES = 4 * 1024 * 1024
 CHUNK_BYTES = 1 << 20
-
-
-class ReleaseConflictError(HubError):
-    status = 409
 
 
 class Announcer(Protocol):
@@ -69,25 +80,34 @@ class Announcer(Protocol):
 
     def set_retained(self, topic: str, payload: bytes) -> bool: ...
 
+    def retained(self, topic: str) -> bytes | None:
+        """What the broker was last seen holding on ``topic``; ``None`` when unknown."""
+        ...
+
 
 class ReleaseStore:
-    def __init__(self, store: ArtifactStore) -> None:
+    def __init__(self, store: ArtifactStore, *, work_dir: Path | None = None) -> None:
         self.store = store
+        self.objects = store.objects
+        self.work_dir = work_dir
 
-    def upload_path(self, sha256: str) -> Path:
-        return self.store.ensure() / f".{UPLOADS}" / sha256
+    @staticmethod
+    def upload_key(sha256: str) -> str:
+        return f"{UPLOADS}/{sha256}"
 
     async def receive(self, sha256: str, request: Request, limit_bytes: int) -> int:
-        """Stream the body to ``.uploads/<sha256>``; kept only when its digest matches."""
+        """Stream the body to a local file, then into the store as ``.uploads/<sha256>`` when
+        its digest matches."""
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise BadRequestError("the upload path must name the file's sha256 (64 hex digits)")
-        final = self.upload_path(sha256)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f"{sha256}.{uuid.uuid4().hex}.part")
         digest = hashlib.sha256()
         size = 0
+        if self.work_dir is not None:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="upload-", dir=self.work_dir)
+        tmp = Path(name)
         try:
-            with tmp.open("wb") as handle:
+            with os.fdopen(fd, "wb") as handle:
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > limit_bytes:
@@ -98,13 +118,13 @@ class ReleaseStore:
                 raise BadRequestError(
                     f"the uploaded bytes have sha256 {digest.hexdigest()}, not {sha256}"
                 )
-            tmp.replace(final)
+            await asyncio.to_thread(self.objects.put_file, self.upload_key(sha256), tmp)
         finally:
             tmp.unlink(missing_ok=True)
         return size
 
-    def publish(self, body: bytes) -> tuple[SignedRelease, Path, bool]:
-        """Store a release and its upload; ``(release, folder, replaced_release_only)``."""
+    def publish(self, body: bytes) -> tuple[SignedRelease, str, bool]:
+        """Store a release and its upload; ``(release, folder key, replaced_release_only)``."""
         try:
             release = SignedRelease.model_validate_json(body)
         except ValidationError as exc:
@@ -116,131 +136,192 @@ class ReleaseStore:
             raise BadRequestError(
                 f"the release expired at {release.signed.expires_at.isoformat()}; sign it again"
             )
-        for part in (manifest.name, manifest.version, manifest.profile):
-            if not NAME.match(part):
+        for part in (manifest.name, manifest.version, manifest.profile, manifest.file):
+            if not MODEL_NAME.match(part):
                 raise BadRequestError(f"release names {part!r}, which cannot be a store folder")
-        root = self.store.ensure()
-        target = root / manifest.name / manifest.version / manifest.profile
-        release_bytes = (release.to_json()).encode("utf-8")
-        if target.exists():
-            stored = _read_manifest(target)
+        folder = f"{manifest.name}/{manifest.version}/{manifest.profile}"
+        model_key = f"{folder}/{manifest.file}"
+        manifest_json = manifest.to_json()
+        upload = self.upload_key(manifest.sha256)
+        claimed = False
+        if not self.objects.exists(f"{folder}/{MANIFEST_FILENAME}"):
+            info = self.objects.stat(upload)
+            if info is None:
+                raise BadRequestError(
+                    f"no upload with sha256 {manifest.sha256}: "
+                    f"PUT /v1/uploads/{manifest.sha256} first"
+                )
+            if info.size_bytes != manifest.size_bytes:
+                raise BadRequestError(
+                    f"the upload has {info.size_bytes} bytes; the manifest says "
+                    f"{manifest.size_bytes}"
+                )
+            claimed = self.objects.put_if_absent(
+                f"{folder}/{MANIFEST_FILENAME}", manifest_json.encode("utf-8")
+            )
+        if not claimed:
+            stored = _read_json(self.objects, f"{folder}/{MANIFEST_FILENAME}")
             if stored != manifest.model_dump(mode="json"):
-                raise ReleaseConflictError(
+                raise ConflictError(
                     f"{manifest.name} {manifest.version} ({manifest.profile}) is published "
                     "already with another artifact; publish a higher version"
                 )
-            _write_atomic(target / RELEASE_FILENAME, release_bytes)
-            return release, target, True
-        upload = self.upload_path(manifest.sha256)
-        if not upload.is_file():
-            raise BadRequestError(
-                f"no upload with sha256 {manifest.sha256}: PUT /v1/uploads/{manifest.sha256} first"
-            )
-        if upload.stat().st_size != manifest.size_bytes:
-            raise BadRequestError(
-                f"the upload has {upload.stat().st_size} bytes; the manifest says "
-                f"{manifest.size_bytes}"
-            )
-        staging = self.store.work_dir("staging", uuid.uuid4().hex)
-        staging.mkdir(parents=True)
-        try:
-            shutil.copyfile(upload, staging / manifest.file)
-            (staging / MANIFEST_FILENAME).write_text(manifest.to_json(), encoding="utf-8")
-            (staging / RELEASE_FILENAME).write_bytes(release_bytes)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging.rename(target)
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            if target.exists():
-                raise ReleaseConflictError(
-                    f"{manifest.name} {manifest.version} ({manifest.profile}) was just published"
-                ) from exc
-            raise
-        upload.unlink(missing_ok=True)
-        return release, target, False
+        model = self.objects.stat(model_key)
+        if model is None or model.size_bytes != manifest.size_bytes:
+            # the first publish, or one whose replica died before the model was copied
+            try:
+                self.objects.copy(upload, model_key)
+            except StoreObjectMissingError:
+                model = self.objects.stat(model_key)  # another replica publishing it just now
+                if model is not None and model.size_bytes == manifest.size_bytes:
+                    pass
+                else:
+                    raise BadRequestError(
+                        f"no upload with sha256 {manifest.sha256}: "
+                        f"PUT /v1/uploads/{manifest.sha256} first"
+                    ) from None
+        replaced = self.objects.exists(f"{folder}/{RELEASE_FILENAME}")
+        self.objects.put(f"{folder}/{RELEASE_FILENAME}", release.to_json().encode("utf-8"))
+        if claimed:
+            self.objects.delete(upload)
+        return release, folder, replaced and not claimed
 
     def announcements(self) -> dict[str, ModelAnnouncement]:
         """Per device class, the newest signed release of each model built for it."""
         newest: dict[tuple[str, str], tuple[int, list[dict[str, Any]]]] = {}
-        root = self.store.root
-        if not root.is_dir():
-            return {}
-        for model in sorted(root.iterdir()):
-            if not NAME.match(model.name):
+        for model in self.objects.children(""):
+            if not MODEL_NAME.match(model):
                 continue
-            for version in self.store.versions(model.name):
-                for folder in sorted((model / str(version)).iterdir()):
-                    release = _read_release(folder)
-                    if release is None:
-                        continue
-                    device_class = str(release["signed"]["manifest"]["device_class"])
-                    key = (device_class, model.name)
-                    best = newest.get(key)
-                    if best is None or version > best[0]:
-                        newest[key] = (version, [release])
-                    elif version == best[0]:
-                        best[1].append(release)
-        now = dt.datetime.now(dt.timezone.utc)
+            keys = sorted(
+                info.key
+                for info in self.objects.list_objects(f"{model}/")
+                if info.key.endswith(f"/{RELEASE_FILENAME}")
+            )
+            for key in keys:
+                parts = key.split("/")
+                if len(parts) != 4 or not parts[1].isdigit() or not MODEL_NAME.match(parts[2]):
+                    continue
+                version = int(parts[1])
+                release = _read_release(self.objects, key)
+                if release is None:
+                    continue
+                device_class = str(release["signed"]["manifest"]["device_class"])
+                entry = newest.get((device_class, model))
+                if entry is None or version > entry[0]:
+                    newest[(device_class, model)] = (version, [release])
+                elif version == entry[0]:
+                    entry[1].append(release)
         out: dict[str, ModelAnnouncement] = {}
         for (device_class, _), (_, releases) in sorted(newest.items()):
-            entry = out.setdefault(
-                device_class,
-                ModelAnnouncement(device_class=device_class, releases=[], published_at=now),
+            entry_ = out.setdefault(
+                device_class, ModelAnnouncement(device_class=device_class, releases=[])
             )
-            entry.releases.extend(releases)
+            entry_.releases.extend(releases)
+        for announcement in out.values():
+            announcement.published_at = max(
+                dt.datetime.fromisoformat(str(r["signed"]["signed_at"]).replace("Z", "+00:00"))
+                for r in announcement.releases
+            )
         return out
 
 
-def _read_manifest(folder: Path) -> Any:
+def _read_json(objects: Any, key: str) -> Any:
     try:
-        return json.loads((folder / MANIFEST_FILENAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return json.loads(objects.get(key))
+    except (StoreObjectMissingError, ValueError):
         return None
 
 
-def _read_release(folder: Path) -> dict[str, Any] | None:
-    path = folder / RELEASE_FILENAME
-    if not NAME.match(folder.name) or not path.is_file():
-        return None
+def _read_release(objects: Any, key: str) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(objects.get(key))
         SignedRelease.model_validate(data)
-    except (OSError, ValueError, ValidationError) as exc:
-        logger.warning("release %s is unreadable, not announced: %s", path, exc)
+    except (StoreObjectMissingError, ValueError, ValidationError) as exc:
+        logger.warning("release %s is unreadable, not announced: %s", key, exc)
         return None
     return data if isinstance(data, dict) else None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
 
 
 def announcement_payload(announcement: ModelAnnouncement) -> bytes:
     return announcement.model_dump_json().encode("utf-8")
 
 
-def announce_all(releases: ReleaseStore, announcer: Announcer | None) -> dict[str, bool]:
-    """Publish every device class's announcement; topic -> whether it went to the broker."""
-    sent: dict[str, bool] = {}
-    if announcer is None:
-        return sent
-    for device_class, announcement in releases.announcements().items():
-        topic = fleet_models_topic(device_class)
-        sent[topic] = announcer.set_retained(topic, announcement_payload(announcement))
-    return sent
+def retained_payloads(releases: ReleaseStore) -> dict[str, bytes]:
+    """Topic -> the retained announcement the store calls for now."""
+    return {
+        fleet_models_topic(device_class): announcement_payload(announcement)
+        for device_class, announcement in releases.announcements().items()
+    }
+
+
+class Announcements:
+    """Keeps the retained announcements equal to the store's newest releases: on demand
+    (after a publish, on connect) and every ``interval_s``."""
+
+    def __init__(
+        self,
+        releases: ReleaseStore,
+        announcer: Callable[[], Announcer | None],
+        interval_s: float,
+    ) -> None:
+        self._releases = releases
+        self._announcer = announcer
+        self._interval_s = interval_s
+        self._sent: dict[str, bytes] = {}
+        self._lock = asyncio.Lock()
+
+    async def sync(
+        self, *, force: bool = False, topics: frozenset[str] = frozenset()
+    ) -> dict[str, bool]:
+        """Publish each topic whose payload differs from what the broker was last seen holding
+        (and ``topics``, or all with ``force``, anyway); topic -> whether it went out."""
+        bridge = self._announcer()
+        if bridge is None:
+            return {}
+        async with self._lock:
+            payloads = await asyncio.to_thread(retained_payloads, self._releases)
+            sent: dict[str, bool] = {}
+            for topic, payload in payloads.items():
+                seen = bridge.retained(topic)
+                held = seen if seen is not None else self._sent.get(topic)
+                if force or topic in topics or held != payload:
+                    sent[topic] = bridge.set_retained(topic, payload)
+                    if sent[topic]:
+                        self._sent[topic] = payload
+            return sent
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._loop(), name="announcements")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.sync()
+            except HubError as exc:
+                logger.warning("announcements not checked: %s", exc.message)
+            except Exception:
+                logger.exception("announcements not checked")
 
 
 def router(
-    settings: HubSettings, access: Access, announcer: Callable[[], Announcer | None]
+    settings: HubSettings, access: Access, releases: ReleaseStore, announcements: Announcements
 ) -> APIRouter:
-    releases = ReleaseStore(ArtifactStore(store_root(settings)))
     admin_scope = Depends(scope_check(access, "admin"))
-    api = APIRouter()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with announcements.running():
+            yield
+
+    api = APIRouter(lifespan=lifespan)
 
     @api.put("/v1/uploads/{sha256}", dependencies=[admin_scope], status_code=201)
     async def upload(sha256: str, request: Request) -> dict[str, Any]:
@@ -265,14 +346,8 @@ def router(
         release, folder, replaced = await asyncio.to_thread(releases.publish, bytes(body))
         manifest = release.manifest
         topic = fleet_models_topic(manifest.device_class)
-        bridge = announcer()
-        announced = False
-        if bridge is not None:
-            announcement = (await asyncio.to_thread(releases.announcements)).get(
-                manifest.device_class
-            )
-            if announcement is not None:
-                announced = bridge.set_retained(topic, announcement_payload(announcement))
+        sent = await announcements.sync(topics=frozenset({topic}))
+        announced = sent.get(topic, False)
         logger.info(
             "published %s %s (%s) for %s%s",
             manifest.name,
@@ -281,7 +356,7 @@ def router(
             manifest.device_class,
             ", announced" if announced else "",
         )
-        base = f"/v1/artifacts/{manifest.name}/{manifest.version}/{folder.name}"
+        base = f"/v1/artifacts/{folder}"
         return JSONResponse(
             {
                 "name": manifest.name,

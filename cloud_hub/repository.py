@@ -16,16 +16,16 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from protocols import Datatype, ModelMetadata, TensorMetadata, datatype_of
+from protocols import MODEL_NAME, Datatype, ModelMetadata, TensorMetadata, datatype_of
 
-from .backends.base import MODEL_FILES, Backend, BackendOptions, TensorSpec, load_backend_class
+from .backends.base import Backend, BackendOptions, TensorSpec, load_backend_class
 from .batcher import DynamicBatcher
 from .errors import (
     BadRequestError,
@@ -36,7 +36,7 @@ from .errors import (
     ModelNotLoadedError,
 )
 from .metrics import HubMetrics, VersionStats
-from .model_config import NAME, DynamicBatching, ModelConfig, TensorConfig, load_model_config
+from .model_config import DynamicBatching, ModelConfig, TensorConfig, load_model_config
 
 __all__ = ["LoadedVersion", "ModelRepository", "ModelState"]
 
@@ -103,13 +103,10 @@ class LoadedVersion:
     cache: _ResponseCache | None = None
     _input_map: dict[str, TensorConfig] = field(default_factory=dict)
     _output_names: set[str] = field(default_factory=set)
-    _validate: Callable[[Mapping[str, np.ndarray[Any, Any]]], None] | None = None
 
     def __post_init__(self) -> None:
         self._input_map = {t.name: t for t in self.inputs}
         self._output_names = {t.name for t in self.outputs}
-        # Value checks a backend needs per request, before batching (optional in the protocol).
-        self._validate = getattr(self.backend, "validate", None)
 
     @property
     def platform(self) -> str:
@@ -128,7 +125,7 @@ class LoadedVersion:
             platform=self.platform,
             inputs=[meta(t) for t in self.inputs],
             outputs=[meta(t) for t in self.outputs],
-            parameters=getattr(self.backend, "parameters", None),
+            parameters=None if self.backend.parameters is None else dict(self.backend.parameters),
         )
 
     def check_inputs(self, tensors: Mapping[str, np.ndarray[Any, Any]]) -> None:
@@ -167,8 +164,7 @@ class LoadedVersion:
                 if batch is not None and shape[0] != batch:
                     raise BadRequestError("all inputs must have the same batch size")
                 batch = shape[0]
-        if self._validate is not None:
-            self._validate(tensors)
+        self.backend.validate(tensors)
 
     def check_outputs(self, names: list[str]) -> None:
         for name in names:
@@ -249,7 +245,7 @@ class ModelRepository:
 
     def folder(self, name: str) -> Path:
         """The model's folder, refusing names that would leave the repository."""
-        if not NAME.match(name):
+        if not MODEL_NAME.match(name):
             raise ModelNotFoundError(f"no model named {name!r} in the repository")
         path = (self.root / name).resolve()
         if path.parent != self.root or not (path / "config.yaml").is_file():
@@ -327,11 +323,14 @@ class ModelRepository:
         async with model.lock:
             try:
                 config = load_model_config(folder / "config.yaml")
-                selected = self._select_versions(folder, config)
+                backend_class = load_backend_class(config.backend)
+                selected = self._select_versions(folder, config, backend_class.model_file())
                 fresh: dict[int, LoadedVersion] = {}
                 try:
                     for version in selected:
-                        fresh[version] = await self._load_version(name, folder, version, config)
+                        fresh[version] = await self._load_version(
+                            name, folder, version, config, backend_class
+                        )
                 except BaseException:
                     for loaded in fresh.values():
                         await self._retire(loaded)
@@ -379,8 +378,7 @@ class ModelRepository:
     # -- internals -------------------------------------------------------------------------------
 
     @staticmethod
-    def _select_versions(folder: Path, config: ModelConfig) -> list[int]:
-        filename = MODEL_FILES[config.backend]
+    def _select_versions(folder: Path, config: ModelConfig, filename: str) -> list[int]:
         available = [
             int(p.name)
             for p in folder.iterdir()
@@ -396,10 +394,14 @@ class ModelRepository:
         return selected
 
     async def _load_version(
-        self, name: str, folder: Path, version: int, config: ModelConfig
+        self,
+        name: str,
+        folder: Path,
+        version: int,
+        config: ModelConfig,
+        backend_class: type[Backend],
     ) -> LoadedVersion:
-        path = folder / str(version) / MODEL_FILES[config.backend]
-        backend_class = load_backend_class(config.backend)
+        path = folder / str(version) / backend_class.model_file()
         options = BackendOptions(
             instance_count=config.instance_count,
             intra_op_threads=config.intra_op_threads,
@@ -412,7 +414,7 @@ class ModelRepository:
             _check_batch_limit(backend, config)
             inputs = _tensor_configs(config.inputs, backend.inputs, config, "input")
             outputs = _tensor_configs(config.outputs, backend.outputs, config, "output")
-            labels = _labels(config, folder) or getattr(backend, "labels", None)
+            labels = _labels(config, folder) or _own_labels(backend)
         except HubError:
             backend.close()
             raise
@@ -461,7 +463,7 @@ class ModelRepository:
 
 def _check_batch_limit(backend: Backend, config: ModelConfig) -> None:
     """A backend with fixed shape ranges (TensorRT profiles) caps the batches it can run."""
-    ranges = getattr(backend, "shape_ranges", None)
+    ranges = backend.shape_ranges
     if not config.max_batch_size or not ranges:
         return
     for name, allowed in ranges.items():
@@ -509,6 +511,11 @@ def _tensor_configs(
             dims = dims[1:]
         out.append(TensorConfig(name=spec.name, datatype=spec.datatype, dims=dims))
     return out
+
+
+def _own_labels(backend: Backend) -> list[str] | None:
+    """The class names the model file itself carries, if any."""
+    return list(backend.labels) if backend.labels is not None else None
 
 
 def _labels(config: ModelConfig, folder: Path) -> list[str] | None:

@@ -34,10 +34,11 @@ from .errors import ConfigError
 __all__ = [
     "ApiKey",
     "AuthSettings",
+    "ConversionSettings",
     "HubSettings",
     "JwtSettings",
     "LimitsSettings",
-    "TlsSettings",
+    "StoreSettings",
     "load_settings",
 ]
 
@@ -170,8 +171,22 @@ class MqttSettings(_Section):
     max_in_flight: Annotated[int, Field(ge=1, le=65535)] = 256
     """MQTT 5 Receive Maximum: requests the broker may hand over before the hub answers."""
     dedup_ttl_s: Annotated[float, Field(gt=0)] = 600.0
-    """How long answers are kept to answer a repeated request id without running it again."""
-    dedup_max_entries: Annotated[int, Field(ge=1)] = 100_000
+    """How long final answers are kept to answer a repeated request (same device, id and
+    payload digest) without running it again."""
+    dedup_max_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    """Memory of that record: answers plus about 500 bytes per entry; the oldest go first.
+    Size it as repeats per second you must absorb x ``dedup_ttl_s`` x (answer bytes + 500)."""
+    dedup_max_entries: Annotated[int, Field(ge=1)] = 1_000_000
+    device_rate_per_s: Annotated[float, Field(gt=0)] | None = 200.0
+    """Requests per second one device may send, sustained (a token bucket per device);
+    ``None`` for no limit. Over it a request is answered 429 with ``retry_after_s``."""
+    device_burst: Annotated[int, Field(ge=1)] = 400
+    """Requests one device may send at once above its rate."""
+    max_running: Annotated[int, Field(ge=1)] = 128
+    """Requests handed to the models at once; the others wait in one queue per device, and a
+    freed place goes to the next device in turn."""
+    device_max_waiting: Annotated[int, Field(ge=1)] = 64
+    """Requests of one device that may wait for a place; past it, 429 with ``retry_after_s``."""
     reconnect_min_s: Annotated[int, Field(ge=1)] = 1
     reconnect_max_s: Annotated[int, Field(ge=1)] = 30
 
@@ -188,6 +203,54 @@ class MqttSettings(_Section):
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.broker.rpartition(":")
         return host, int(port)
+
+
+class StoreSettings(_Section):
+    """The shared store (docs/hub.md, "State and replicas"): a folder, or an S3 bucket.
+
+    Every replica of one hub must name the same store. Credentials for S3 may come from
+    here (``HYBRID_HUB_STORE__ACCESS_KEY_ID``, ``..._SECRET_ACCESS_KEY``) or from boto3's usual
+    chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, a profile, a pod's role)."""
+
+    kind: Literal["filesystem", "s3"] = "filesystem"
+    path: Path | None = None
+    """The folder (``filesystem``); ``artifact_store``, then ``<model_repository>/.artifacts``,
+    when unset. A shared volume (NFS, CephFS) for several replicas."""
+    bucket: str | None = None
+    prefix: str = ""
+    """Keys go under ``<prefix>/``, so one bucket can hold several hubs."""
+    endpoint_url: str | None = None
+    """``http(s)://host:port`` of MinIO, Ceph RGW or another S3 API; unset for AWS S3."""
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    """``path`` for MinIO and most self-hosted stores."""
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+    @model_validator(mode="after")
+    def _complete(self) -> StoreSettings:
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("store.kind s3 needs store.bucket")
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both store.access_key_id and store.secret_access_key, or neither")
+        return self
+
+
+class ConversionSettings(_Section):
+    """Conversion jobs (docs/converter.md): records and leases in the shared store."""
+
+    workers: Annotated[int, Field(ge=0)] = 1
+    """Jobs this replica runs at once; 0 takes none (it still accepts and reports them)."""
+    max_pending: Annotated[int, Field(ge=1)] = 8
+    """Jobs queued or running in the whole store; beyond that a submission gets 503."""
+    lease_s: Annotated[float, Field(gt=0)] = 30.0
+    """A job whose worker has not renewed its lease for this long is taken over by another
+    replica. Renewed every third of it."""
+    poll_s: Annotated[float, Field(gt=0)] = 5.0
+    """How often each replica looks for queued jobs and expired leases."""
+    work_dir: Path | None = None
+    """Local scratch space for running jobs; the system's temporary folder when unset."""
 
 
 class HubSettings(BaseSettings):
@@ -214,7 +277,18 @@ class HubSettings(BaseSettings):
     """How long in-flight requests may take to finish after SIGTERM."""
     server_name: str = "hybrid-inference-hub"
     artifact_store: Path | None = None
-    """Where conversion jobs put artifacts; ``<model_repository>/.artifacts`` when unset."""
+    """The filesystem store's folder (``store.path`` takes precedence);
+    ``<model_repository>/.artifacts`` when unset."""
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    """Where artifacts, uploads, releases and conversion jobs live, shared by every replica."""
+    conversions: ConversionSettings = Field(default_factory=ConversionSettings)
+    announce_interval_s: Annotated[float, Field(gt=0)] = 60.0
+    """How often each replica checks that the retained model announcements are the newest
+    releases in the store, and publishes them again if not (another replica may have published
+    an older view last)."""
+    capture_store: Path | None = None
+    """Where captured fallback requests are kept (models opt in with ``capture:`` in their
+    config.yaml); ``<model_repository>/.capture`` when unset."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("model_repository")

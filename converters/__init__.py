@@ -9,6 +9,8 @@
 - :mod:`converters.validation`, :mod:`converters.runners`: fidelity, latency and gates.
 - :mod:`converters.artifact`: inspect and validate artifacts already built.
 - :mod:`converters.cli`: ``model-convert``; :mod:`converters.jobs`: the hub's worker side.
+- :mod:`converters.distill`: ``model-convert distill``, the next edge model fine-tuned on the
+  fleet's captured fallbacks, gated against the current one.
 - :mod:`converters.errors`: :class:`ConversionError` and its tree.
 
 Importing this package imports no ML library: TensorFlow, tf2onnx, onnx, ONNX Runtime, LiteRT

@@ -32,6 +32,9 @@ from protocols import (
     SmokeTest,
     SourceInfo,
     ValidationReport,
+    artifact_file,
+    is_model_name,
+    is_version,
 )
 
 from ._libs import library_versions
@@ -41,7 +44,7 @@ from .runners import open_runner
 from .samples import SampleSet, generate_samples, load_samples
 from .smoke import make_smoke_test
 from .sources import Source, file_sha256, open_source
-from .targets import ARTIFACT_FILES, TargetRequest, converter_for
+from .targets import TargetRequest, converter_for
 from .tensors import Layout, layout_permutations
 from .validation import LatencyPlan, artifact_inputs, match_names, validate_runner
 
@@ -61,8 +64,6 @@ Progress = Callable[[str, float], None]
 """Called with a step's description and the share of the build done before it (0 to 1)."""
 
 DEFAULT_SAMPLE_COUNT = 64
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CALIBRATED = ("int8",)
 """Precisions that need calibration data."""
 
@@ -131,9 +132,9 @@ def build(request: BuildRequest, progress: Progress | None = None) -> BuildResul
     report = progress or (lambda _message, _fraction: None)
     profiles = load_profiles(request.profiles, dirs=request.profile_dirs)
     name = request.name or _default_name(request.source)
-    if not NAME_PATTERN.match(name):
+    if not is_model_name(name):
         raise ProfileError(f"artifact name {name!r}: use letters, digits, '_', '.', '-'")
-    if not VERSION_PATTERN.match(request.version):
+    if not is_version(request.version):
         raise ProfileError(
             f"artifact version {request.version!r}: use letters, digits, '_', '.', '-'"
         )
@@ -249,7 +250,7 @@ class _Build:
         self.report(f"{profile.name}: converting to {profile.format} {profile.precision}", fraction)
         folder = self.staging / profile.name
         folder.mkdir()
-        output = folder / ARTIFACT_FILES[profile.format]
+        output = folder / artifact_file(profile.format)
         needs_calibration = profile.precision in CALIBRATED
         target = TargetRequest(
             source=source,
@@ -260,6 +261,8 @@ class _Build:
             perms=layout_permutations(source.inputs, profile.input_layout),
         )
         result = converter_for(profile.format)(target)
+        for note in result.notes:
+            logger.info("%s: %s", profile.name, note)
         self.report(f"{profile.name}: validating on {samples.count} samples", fraction + step)
         size_bytes = output.stat().st_size
         runner = open_runner(output, profile.format, threads=profile.threads)

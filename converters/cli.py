@@ -110,7 +110,118 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--sample-count", type=int, default=64)
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
     _signing_commands(commands)
+    _distill_command(commands)
     return parser
+
+
+def _distill_command(commands: Any) -> None:
+    distill = commands.add_parser(
+        "distill",
+        help="fine-tune a Keras edge model on the fleet's captured fallbacks (the cloud's "
+        "outputs as soft targets) mixed with a reference set; gated, with a report",
+        description="Fine-tune SOURCE on capture shards (from --captured files or folders, or "
+        "downloaded with --hub/--capture-model) and a labelled reference set; write "
+        "OUT/model.keras only when the candidate beats SOURCE on held-out captured records and "
+        "loses at most --margin on the held-out reference set. Exit 8 when refused.",
+    )
+    distill.add_argument("source", type=Path, help="the current edge model (.keras)")
+    distill.add_argument(
+        "--captured",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="a capture shard (.npz) or a folder of them; repeat for more",
+    )
+    distill.add_argument("--hub", help="download the capture shards from this hub first")
+    distill.add_argument(
+        "--capture-model", help="the hub model whose shards to download (with --hub)"
+    )
+    distill.add_argument(
+        "--api-key",
+        default=os.environ.get("HYBRID_CONVERT_API_KEY"),
+        help="an admin-scope API key for --hub (also HYBRID_CONVERT_API_KEY)",
+    )
+    distill.add_argument(
+        "--reference",
+        type=Path,
+        required=True,
+        help=".npz with x (inputs) and y (integer labels): what the model must not forget",
+    )
+    distill.add_argument("--out", "-o", type=Path, required=True, help="output folder")
+    distill.add_argument("--input", dest="input_name", help="captured input to train on")
+    distill.add_argument("--output", dest="output_name", help="captured cloud output to learn")
+    distill.add_argument(
+        "--holdout", type=float, default=0.2, help="share of captured records held out (0.2)"
+    )
+    distill.add_argument(
+        "--reference-holdout",
+        type=float,
+        default=0.0,
+        help="share of the reference set held out for its gate (default 0: judge on all of it)",
+    )
+    distill.add_argument(
+        "--margin",
+        type=float,
+        default=0.01,
+        help="largest reference accuracy drop allowed (default 0.01: one point)",
+    )
+    distill.add_argument(
+        "--min-gain",
+        type=float,
+        default=0.0,
+        help="agreement with the cloud must rise by more than this (default 0)",
+    )
+    distill.add_argument("--epochs", type=int, default=30)
+    distill.add_argument("--learning-rate", type=float, default=1e-3)
+    distill.add_argument("--batch-size", type=int, default=32)
+    distill.add_argument(
+        "--capture-weight", type=float, default=1.0, help="a captured record's weight in the loss"
+    )
+    distill.add_argument("--seed", type=int, default=0)
+    distill.add_argument("--overwrite", action="store_true", help="replace OUT/model.keras")
+    distill.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _cmd_distill(args: argparse.Namespace, out: TextIO) -> int:
+    from .distill import DistillPlan, distill, download_shards
+    from .errors import CalibrationError
+
+    captured = list(args.captured)
+    if args.hub is not None:
+        if not args.capture_model:
+            raise CalibrationError("--hub needs --capture-model")
+        folder = args.out / "captured"
+        count = download_shards(args.hub, args.capture_model, folder, api_key=args.api_key)
+        logger.info("downloaded %d shards of %s", count, args.capture_model)
+        captured.append(folder)
+    if not captured:
+        raise CalibrationError("give --captured or --hub with --capture-model")
+    report = distill(
+        DistillPlan(
+            source=args.source,
+            captured=captured,
+            reference=args.reference,
+            out_dir=args.out,
+            input_name=args.input_name,
+            output_name=args.output_name,
+            holdout=args.holdout,
+            reference_holdout=args.reference_holdout,
+            margin=args.margin,
+            min_gain=args.min_gain,
+            epochs=args.epochs,
+            learning_rate=args.learning_rate,
+            batch_size=args.batch_size,
+            capture_weight=args.capture_weight,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+    )
+    if args.json:
+        _print_json(out, report.as_json())
+        return 0
+    out.write(report.markdown())
+    return 0
 
 
 def _signing_commands(commands: Any) -> None:
@@ -509,6 +620,7 @@ COMMANDS = {
     "keygen": _cmd_keygen,
     "sign": _cmd_sign,
     "publish": _cmd_publish,
+    "distill": _cmd_distill,
 }
 
 

@@ -9,8 +9,10 @@
      ├── ArtifactError               exit 3: an artifact folder without a readable manifest or file
      ├── TargetUnavailableError      exit 6: the tool a target needs is not installed (TensorRT,
      │                               onnx2tf); the message says what to install
-     └── ValidationFailedError       exit 5: an artifact missed its fidelity, size or latency
-                                     gates; ``reports`` holds every profile's report
+     ├── ValidationFailedError       exit 5: an artifact missed its fidelity, size or latency
+     │                               gates; ``reports`` holds every profile's report
+     ├── PublishError                exit 7: the hub refused a release (converters.publish)
+     └── DistillationRefusedError    exit 8: a distilled model missed a gate (converters.distill)
 
 Third-party failures (TensorFlow, tf2onnx, onnx, ONNX Runtime, LiteRT, TensorRT) are wrapped at
 the boundary (``raise ConversionError(...) from exc``), so a caller sees one of these, with a
@@ -96,5 +98,6 @@ EXIT_CODES: dict[int, str] = {
     5: "validation gate failed: an artifact missed its thresholds (nothing was written)",
     6: "target unavailable: a tool the profile needs is not installed",
     7: "publish failed: the hub refused the release or could not be reached",
+    8: "distillation refused: the distilled model missed a gate (no model was written)",
     130: "interrupted",
 }

@@ -12,7 +12,9 @@ the built-in of its own name)::
     validation: {min_top1_agreement: 0.99}
 
 ``validation`` overrides the per-precision defaults (:data:`DEFAULT_THRESHOLDS`) field by field;
-``null`` turns a gate off.
+``null`` turns a gate off. ``int8_io`` (full-int8 TFLite only) chooses float32 or int8 for the
+inputs and for each output around the int8 graph: ``int8_io: float`` for both, or
+``int8_io: {inputs: float, outputs: {logits: int8, probabilities: float}}``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "SUPPORTED_PRECISIONS",
     "BatchRange",
     "DeviceProfile",
+    "Int8IO",
     "ProfileEntry",
     "available_profiles",
     "load_profile",
@@ -85,6 +88,43 @@ class BatchRange(_Strict):
         return self
 
 
+IOType = Literal["int8", "float"]
+
+
+class Int8IO(_Strict):
+    """The tensor types around a full-int8 TFLite graph. ``int8`` hands the device quantized
+    tensors (it quantizes and dequantizes with the tensors' scale and zero point); ``float``
+    keeps float32 at the edges, LiteRT quantizing inputs and dequantizing outputs inside the
+    model, so a probability near 1/1000 is not rounded to a step of 1/256."""
+
+    inputs: IOType = "int8"
+    outputs: IOType | dict[str, IOType] = "int8"
+    """One type for every output, or one per output name (the source's names); outputs not
+    named stay ``int8``."""
+    float_ops: tuple[Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]*$")], ...] = ("SOFTMAX",)
+    """TFLite operators kept in float32 when any output is float (fed by dequantized int8), so
+    a softmax over many classes is not rounded to steps of 1/256; ``[]`` quantizes them too."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"inputs": value, "outputs": value}
+        return value
+
+    def output_type(self, name: str) -> IOType:
+        if isinstance(self.outputs, str):
+            return self.outputs
+        return self.outputs.get(name, "int8")
+
+    @property
+    def is_default(self) -> bool:
+        return self.inputs == "int8" and all(
+            t == "int8"
+            for t in ([self.outputs] if isinstance(self.outputs, str) else self.outputs.values())
+        )
+
+
 class DeviceProfile(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     description: str = ""
@@ -111,6 +151,8 @@ class DeviceProfile(_Strict):
     """Samples used for int8 calibration (generated when no calibration file is given)."""
     validation: Thresholds = Field(default_factory=Thresholds)
     """Overrides of :data:`DEFAULT_THRESHOLDS` for this precision; only the fields given count."""
+    int8_io: Int8IO = Field(default_factory=Int8IO)
+    """Input and output types of a full-int8 TFLite artifact (int8 by default)."""
 
     @field_validator("device_class")
     @classmethod
@@ -127,6 +169,13 @@ class DeviceProfile(_Strict):
             raise ValueError(
                 f"format {self.format} has no precision {self.precision!r}; "
                 f"choose one of {', '.join(allowed)}"
+            )
+        if "int8_io" in self.model_fields_set and not (
+            self.format == "tflite" and self.precision == "int8"
+        ):
+            raise ValueError(
+                "int8_io applies to full-int8 TFLite profiles only (format tflite, precision "
+                f"int8), not {self.format} {self.precision}"
             )
         return self
 

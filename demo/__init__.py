@@ -6,7 +6,10 @@ Trains a small edge model and a larger cloud model on scikit-learn's digits, con
 answers to the hub, streams the digits test set through the agent's local API, then sends the
 held-out iris rows to the experimental quantum classifier (a 4-qubit VQC trained with
 ``python -m quantum train``, served by the hub's ``quantum`` backend, reached through a remote
-model on the agent), and writes a report (``demo-report/``). Not part of the installed
+model on the agent); in a second round, a fleet device's fallbacks on training digits the
+first edge release never saw are captured by the hub, distilled, built, signed, published and
+installed through the signed update path, and the test digits go through the new release at the
+same threshold; then it writes a report (``demo-report/``). Not part of the installed
 distribution.
 
 Modules, in the order the run uses them:
@@ -19,6 +22,7 @@ Modules, in the order the run uses them:
     services   the broker, the hub and the agent, started and waited for
     stream     the digits through the agent, every answer recorded
     quantum    the VQC's file and held-out iris rows, streamed through the agent to the hub
+    loop       the second round: capture, distill, build, sign, publish, install
     analysis   the numbers, computed from the recorded answers (digits and iris)
     report     the summary tables, ``report.md``, ``summary.json`` and the answers' CSVs
     plots      the PNG figures

@@ -11,6 +11,7 @@ from protocols import ArtifactManifest
 
 from .analysis import Latency, QuantumSummary, Summary
 from .artifacts import DemoModels
+from .loop import GOAL_ACCURACY_PTS, GOAL_FEWER_TO_CLOUD, SecondRound
 from .quantum import QuantumPass
 from .stream import Recording
 
@@ -110,6 +111,112 @@ def summary_text(summary: Summary) -> str:
     return "\n".join([head, "", *served, "", *accuracy, "", *latency])
 
 
+def _recommended(second: SecondRound) -> str:
+    found = second.recommendation.get("recommended")
+    if not found:
+        return "none (no records with a device answer)"
+    return (
+        f"{found['threshold']:.3f} (keeps {second.recommendation['target_accuracy']:.0%} "
+        f"agreement with the cloud on {second.recommendation['records']} captured digits "
+        f"while sending {found['cloud_share']:.1%} of them to the cloud)"
+    )
+
+
+def second_round_text(second: SecondRound) -> str:
+    """The second round's lines printed at the end of a run."""
+    rows = _table(
+        [
+            ["held-out digits", "to the cloud", "share", "hybrid accuracy"],
+            *(
+                [
+                    f"edge release {name}",
+                    str(r.cloud_answers),
+                    _pct(r.cloud_share),
+                    _pct(r.accuracy),
+                ]
+                for name, r in (("1", second.first), (second.release_version, second.second))
+            ),
+        ],
+        right={1, 2, 3},
+    )
+    verdict = "met" if second.goals_met else "NOT met"
+    return "\n".join(
+        [
+            (
+                f"second round at the same threshold {second.threshold:g}: the fleet handed over "
+                f"{second.fleet_to_cloud} of {second.fleet_digits} digits, the hub captured "
+                f"{second.captured_records}, distilled into release {second.release_version}"
+            ),
+            "",
+            *rows,
+            "",
+            (
+                f"{second.fewer_to_cloud:.1%} fewer held-out digits to the cloud "
+                f"(goal {GOAL_FEWER_TO_CLOUD:.0%}), hybrid accuracy {second.accuracy_change_pts:+.2f} "
+                f"points (goal {GOAL_ACCURACY_PTS:+.2f} or better): {verdict}"
+            ),
+            f"recommended threshold from the fleet's records: {_recommended(second)}",
+        ]
+    )
+
+
+def second_round_markdown(second: SecondRound) -> str:
+    d = second.distill
+    table = _md_table(
+        ["edge release", "sent to the cloud", "share", "hybrid accuracy"],
+        [
+            [
+                f"{name} ({what})",
+                str(r.cloud_answers),
+                _pct(r.cloud_share),
+                _pct(r.accuracy),
+            ]
+            for name, what, r in (
+                ("1", "trained on 500 digits", second.first),
+                (second.release_version, "distilled from the fleet", second.second),
+            )
+        ],
+    )
+    curve = _md_table(
+        ["threshold", "handed-over digits still sent", "agreement with the cloud"],
+        [
+            [f"{p['threshold']:.3f}", _pct(p["cloud_share"]), _pct(p["accuracy"])]
+            for p in second.recommendation.get("curve", [])[
+                :: max(1, len(second.recommendation.get("curve", [])) // 8)
+            ]
+        ],
+    )
+    verdict = "met" if second.goals_met else "**not met**"
+    return f"""## Second round: the fleet teaches the edge model
+
+The first edge release learnt from 500 training digits. A second device streamed the other
+{second.fleet_digits} training digits through the same release and rule; it handed
+{second.fleet_to_cloud} to the cloud, and the hub captured {second.captured_records} of them
+with its answers (`capture:` on `digits-cloud`; the measuring device opted out, so the held-out
+digits were never captured). `model-convert distill` fine-tuned the edge model on those records
+with the cloud's outputs as soft targets, mixed with the 500 digits as the reference set, and
+gated it on held-out parts of both: agreement with the cloud
+{d["current"]["captured_agreement"]:.1%} -> {d["candidate"]["captured_agreement"]:.1%}, reference
+accuracy {d["current"]["reference_accuracy"]:.1%} -> {d["candidate"]["reference_accuracy"]:.1%}
+(margin {d["margin"] * 100:.1f} points). `model-convert build` converted and validated it,
+`sign` and `publish` released it as version {second.release_version}, and the agent installed it
+through the signed update path (signature, sha256, smoke test, health window).
+
+The same held-out digits, same threshold **{second.threshold:g}**:
+
+{table}
+
+{second.fewer_to_cloud:.1%} fewer digits sent to the cloud (goal at least
+{GOAL_FEWER_TO_CLOUD:.0%}); hybrid accuracy {second.accuracy_change_pts:+.2f} points (goal
+{GOAL_ACCURACY_PTS:+.2f} or better): {verdict}.
+
+The hub's threshold recommendation for release 1 on `rpi4`, from the captured records alone
+(the cloud's answer as the reference): {_recommended(second)}. Part of its curve:
+
+{curve}
+"""
+
+
 def _at_training(quantum: QuantumSummary) -> str:
     value = quantum.test_accuracy_at_training
     return "not recorded" if value is None else _pct(value)
@@ -174,7 +281,7 @@ def _md_table(header: list[str], rows: list[list[str]], *, numeric: int | None =
     return "\n".join(lines)
 
 
-def markdown(summary: Summary, info: RunInfo, quantum: QuantumSummary) -> str:
+def markdown(summary: Summary, info: RunInfo, quantum: QuantumSummary, second: SecondRound) -> str:
     edge, cloud = info.models.edge.manifest, info.models.cloud.manifest
     training = info.models.training
     served = _md_table(
@@ -282,6 +389,8 @@ routing and answer for {summary.replay_agrees} of {summary.requests} digits.
 
 ![accuracy against cloud share]({ACCURACY_PLOT})
 
+{second_round_markdown(second)}
+
 {quantum_markdown(quantum)}
 
 Every figure here is computed from `{ANSWERS}` (one row per digit: the label, where the hybrid
@@ -297,16 +406,21 @@ def write(
     info: RunInfo,
     quantum: QuantumSummary,
     iris: QuantumPass,
+    second: SecondRound,
 ) -> list[Path]:
     from . import plots
 
     report_dir.mkdir(parents=True, exist_ok=True)
     recording.write_csv(report_dir / ANSWERS)
     iris.write_csv(report_dir / IRIS_ANSWERS)
-    numbers = {**summary.as_dict(), "quantum": quantum.as_dict()}
+    numbers = {
+        **summary.as_dict(),
+        "quantum": quantum.as_dict(),
+        "second_round": second.as_dict(),
+    }
     (report_dir / SUMMARY).write_text(json.dumps(numbers, indent=2) + "\n")
     plots.latency(recording, summary, report_dir / LATENCY_PLOT)
     plots.accuracy_vs_cloud_share(summary, report_dir / ACCURACY_PLOT)
-    (report_dir / REPORT).write_text(markdown(summary, info, quantum))
+    (report_dir / REPORT).write_text(markdown(summary, info, quantum, second))
     names = (REPORT, SUMMARY, ANSWERS, IRIS_ANSWERS, LATENCY_PLOT, ACCURACY_PLOT)
     return [report_dir / name for name in names]

@@ -12,25 +12,28 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edge_agent.client import EdgeClient
 from edge_agent.errors import ClientError
 
-from . import analysis, artifacts, report, services
+from . import analysis, artifacts, loop, report, services
 from . import quantum as quantum_demo
 from .analysis import QuantumSummary, Summary
 from .errors import DemoError
 from .options import CLOUD_PROFILE, EDGE_PROFILE, DemoOptions
 from .processes import Supervisor
 from .progress import Progress
-from .stream import Recording, stream
+from .stream import Pass, Recording, stream
 
-STEPS = 12
+STEPS = 17
 
 
 @dataclass(frozen=True, kw_only=True)
 class DemoResult:
     summary: Summary
     quantum: QuantumSummary
+    second_round: loop.SecondRound
     files: list[Path]
     elapsed_s: float
 
@@ -112,10 +115,18 @@ def _run(options: DemoOptions, progress: Progress, work: Path, sup: Supervisor) 
         hub = services.start_hub(sup, work, repository, broker, options.start_timeout_s)
         progress.note = f"http://{hub}, models {services.HUB_MODEL}, {services.QUANTUM_HUB_MODEL}"
     with progress.step(f"starting edge-agent run (on_low_confidence < {options.threshold:g})"):
-        agent = services.start_agent(
-            sup, work, models, broker, options.threshold, options.start_timeout_s
+        from converters.signing import generate_keypair
+
+        keys = generate_keypair(work / "keys" / "release", overwrite=True)
+        config = services.agent_config(
+            work, models, broker, options.threshold, hub=hub, trusted_key=keys.public_base64
         )
-        progress.note = f"http://{agent}"
+        agent = services.start_agent(sup, work, config, options.start_timeout_s)
+        fleet_config = services.fleet_agent_config(work, models, broker, options.threshold)
+        fleet = services.start_agent(
+            sup, work, fleet_config, options.start_timeout_s, name="edge-agent-fleet"
+        )
+        progress.note = f"http://{agent}, and the fleet's device on http://{fleet}"
 
     try:
         with EdgeClient(agent) as client:
@@ -144,7 +155,11 @@ def _run(options: DemoOptions, progress: Progress, work: Path, sup: Supervisor) 
     except ClientError as exc:
         raise DemoError(f"the agent did not answer an iris row: {exc}") from exc
 
-    with progress.step("stopping the agent, the hub and the broker"):
+    second_round = _second_round(
+        options, progress, work, sup, models_dir, hub, fleet, agent, keys.private_path, hybrid
+    )
+
+    with progress.step("stopping the agents, the hub and the broker"):
         killed = sup.stop_all()
         progress.note = "all stopped cleanly"
         if killed:
@@ -152,11 +167,98 @@ def _run(options: DemoOptions, progress: Progress, work: Path, sup: Supervisor) 
     with progress.step(f"writing the report to {options.report_dir}/"):
         summary = analysis.summarize(recording, options.threshold)
         info = report.RunInfo(models=models, machine=machine())
-        files = report.write(options.report_dir, summary, recording, info, quantum, iris)
+        files = report.write(
+            options.report_dir, summary, recording, info, quantum, iris, second_round
+        )
     progress.line("")
     progress.line(report.summary_text(summary))
+    progress.line("")
+    progress.line(report.second_round_text(second_round))
     progress.line("")
     progress.line(report.quantum_text(quantum))
     progress.line("")
     progress.line(f"report: {options.report_dir / report.REPORT} ({progress.elapsed_s:.0f} s)")
-    return DemoResult(summary=summary, quantum=quantum, files=files, elapsed_s=progress.elapsed_s)
+    return DemoResult(
+        summary=summary,
+        quantum=quantum,
+        second_round=second_round,
+        files=files,
+        elapsed_s=progress.elapsed_s,
+    )
+
+
+def _second_round(
+    options: DemoOptions,
+    progress: Progress,
+    work: Path,
+    sup: Supervisor,
+    models_dir: Path,
+    hub: str,
+    fleet: str,
+    agent: str,
+    key: Path,
+    first: Pass,
+) -> loop.SecondRound:
+    """The fleet's fallbacks captured, distilled, built, signed, published and installed; the
+    held-out digits through release 2 (see :mod:`demo.loop`)."""
+    with np.load(models_dir / "digits.npz") as data:
+        x_fleet, x_test = np.asarray(data["x_fleet"]), np.asarray(data["x_test"])
+        y_test = [int(v) for v in data["y_test"]]
+        np.savez(work / "reference.npz", x=data["x_reference"], y=data["y_reference"])
+        np.savez(work / "samples.npz", pixels=x_test)
+    limit = min(options.limit or len(y_test), len(y_test))
+    x, labels = x_test[:limit], y_test[:limit]
+    try:
+        with (
+            progress.step(
+                f"the fleet's device streams {len(x_fleet)} training digits release 1 never saw"
+            ),
+            EdgeClient(fleet) as client,
+        ):
+            fleet_pass = stream(client, services.HYBRID_MODEL, x_fleet, "fleet", warmup=False)
+            captured = loop.flush_capture(hub)
+            recommendation = loop.recommend(hub, device_model_version="1")
+            progress.note = (
+                f"{fleet_pass.served_by.count('cloud')} handed over, {captured} captured by the hub"
+            )
+        with progress.step("model-convert distill on the captured fallbacks"):
+            candidate, distilled = loop.distill(sup, work, models_dir, hub, work / "reference.npz")
+            progress.note = (
+                f"agreement with the cloud {distilled['current']['captured_agreement']:.1%} -> "
+                f"{distilled['candidate']['captured_agreement']:.1%}, reference accuracy "
+                f"{distilled['current']['reference_accuracy']:.1%} -> "
+                f"{distilled['candidate']['reference_accuracy']:.1%}"
+            )
+        with progress.step(
+            f"model-convert build, sign and publish edge release {loop.RELEASE_VERSION}"
+        ):
+            manifest = loop.build_sign_publish(sup, work, candidate, work / "samples.npz", key, hub)
+            progress.note = f"{manifest['profile']}, {manifest['size_bytes'] / 1024:.0f} KiB"
+        with progress.step(f"the agent installs release {loop.RELEASE_VERSION} (signed update)"):
+            loop.wait_installed(agent, loop.RELEASE_VERSION)
+            progress.note = "verified, smoke-tested, health window passed"
+        with (
+            progress.step(f"the same {limit} held-out digits through release 2"),
+            EdgeClient(agent) as client,
+        ):
+            second = stream(client, services.HYBRID_MODEL, x, "round2")
+            edge_versions = {
+                v for v, at in zip(second.versions, second.served_by, strict=True) if at == "edge"
+            }
+            if edge_versions - {loop.RELEASE_VERSION}:
+                raise DemoError(f"edge answers of round 2 came from versions {edge_versions}")
+            at_cloud = second.served_by.count("cloud")
+            progress.note = f"{limit - at_cloud} answered at the edge, {at_cloud} in the cloud"
+    except ClientError as exc:
+        raise DemoError(f"an agent did not answer a digit: {exc}") from exc
+    return loop.SecondRound(
+        threshold=options.threshold,
+        fleet_digits=len(x_fleet),
+        fleet_to_cloud=fleet_pass.served_by.count("cloud"),
+        captured_records=captured,
+        distill=distilled,
+        release_version=loop.RELEASE_VERSION,
+        first=loop.RoundFigures.of(first, labels),
+        second=loop.RoundFigures.of(second, labels),
+        recommendation=recommendation,
+    )

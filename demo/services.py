@@ -4,6 +4,7 @@ Mosquitto, ``cloud-hub serve`` with its MQTT bridge, and ``edge-agent run`` with
 The agent serves three names, so one run yields everything the report needs:
 
 - ``digits``: the edge model, ``on_low_confidence`` fallback to the hub's ``digits-cloud``;
+  updated through signed releases in the second round (:mod:`demo.loop`);
 - ``digits-edge-only``: the same file, never handed over (the edge-only baseline);
 - ``digits-cloud-only``: a remote model, always answered by ``digits-cloud`` (the cloud baseline);
 - ``iris``: a remote model, always answered by ``iris_vqc``, the hub's experimental quantum
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 
 from edge_agent.client import EdgeClient
+from protocols import artifact_file
 
 from .artifacts import DemoModels
 from .errors import DemoError
@@ -40,6 +42,9 @@ QUANTUM_DEADLINE_S = 10.0
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "output_0"
 DEVICE_ID = "demo-device"
+FLEET_DEVICE_ID = "demo-fleet"
+"""The second device: its fallbacks are captured (the measuring device opted out)."""
+HEALTH_WINDOW_S = 2.0
 DEVICE_CLASS = "rpi4"
 LABELS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -160,12 +165,14 @@ def write_repository(root: Path, models: DemoModels, quantum_model: Path) -> Pat
     (vqc / "config.yaml").write_text(yaml.safe_dump(vqc_config, sort_keys=False))
     folder = root / HUB_MODEL
     (folder / "1").mkdir(parents=True)
-    shutil.copyfile(models.cloud.path, folder / "1" / "model.onnx")
+    shutil.copyfile(models.cloud.path, folder / "1" / artifact_file("onnx"))
     config = {
         "backend": "onnxruntime",
         "max_batch_size": 32,
         "labels": list(LABELS),
         "intra_op_threads": 1,
+        # The fleet's fallbacks, kept for the second round; written when the demo asks.
+        "capture": {"shard_records": 100_000, "flush_interval_s": 3600},
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return root
@@ -217,15 +224,75 @@ def start_hub(
     return url
 
 
-def agent_config(
-    work: Path, models: DemoModels, broker: BrokerInfo, threshold: float
-) -> dict[str, Any]:
+def hybrid_model(path: Path, labels: Path, threshold: float) -> dict[str, Any]:
+    return {
+        "name": HYBRID_MODEL,
+        "path": str(path),
+        "version": "1",
+        "labels": str(labels),
+        "fallback": {
+            "policy": "on_low_confidence",
+            "cloud_model": HUB_MODEL,
+            "confidence": "max_probability",
+            "threshold": threshold,
+            "on_cloud_unavailable": "local",
+        },
+    }
+
+
+def _labels(work: Path) -> Path:
     labels = work / "labels.txt"
     labels.write_text("\n".join(LABELS) + "\n")
+    return labels
+
+
+def fleet_agent_config(
+    work: Path, models: DemoModels, broker: BrokerInfo, threshold: float
+) -> dict[str, Any]:
+    """The fleet's device: the same edge release and rule; its fallbacks may be captured."""
+    return {
+        "device_id": FLEET_DEVICE_ID,
+        "device_class": DEVICE_CLASS,
+        "data_dir": str(work / "fleet-data"),
+        "api_address": f"127.0.0.1:{free_port()}",
+        "metrics_address": "off",
+        "probe_models": False,
+        "drain_timeout_s": 5,
+        "log_level": "WARNING",
+        "models": [hybrid_model(models.edge.path, _labels(work), threshold)],
+        "cloud": {"broker": broker.address, "protocol": broker.protocol, "telemetry_interval_s": 0},
+    }
+
+
+def agent_config(
+    work: Path,
+    models: DemoModels,
+    broker: BrokerInfo,
+    threshold: float,
+    *,
+    hub: str | None = None,
+    trusted_key: str | None = None,
+) -> dict[str, Any]:
+    """The measuring device: never captured; takes signed releases from ``hub`` when given."""
+    labels = _labels(work)
     edge = str(models.edge.path)
+    updates = (
+        {}
+        if hub is None or trusted_key is None
+        else {
+            "updates": {
+                "hub_url": f"http://{hub}",
+                "trusted_keys": [trusted_key],
+                "health_window_s": HEALTH_WINDOW_S,
+                "health_interval_s": 0.2,
+            }
+        }
+    )
     return {
         "device_id": DEVICE_ID,
         "device_class": DEVICE_CLASS,
+        "capture_opt_out": True,
+        **updates,
         "data_dir": str(work / "agent-data"),
         "api_address": f"127.0.0.1:{free_port()}",
         "metrics_address": "off",
@@ -233,18 +300,7 @@ def agent_config(
         "drain_timeout_s": 5,
         "log_level": "WARNING",
         "models": [
-            {
-                "name": HYBRID_MODEL,
-                "path": edge,
-                "labels": str(labels),
-                "fallback": {
-                    "policy": "on_low_confidence",
-                    "cloud_model": HUB_MODEL,
-                    "confidence": "max_probability",
-                    "threshold": threshold,
-                    "on_cloud_unavailable": "local",
-                },
-            },
+            hybrid_model(models.edge.path, labels, threshold),
             {"name": EDGE_ONLY_MODEL, "path": edge, "labels": str(labels)},
         ],
         "cloud": {
@@ -266,18 +322,16 @@ def agent_config(
 def start_agent(
     supervisor: Supervisor,
     work: Path,
-    models: DemoModels,
-    broker: BrokerInfo,
-    threshold: float,
+    config: dict[str, Any],
     timeout_s: float,
+    name: str = "edge-agent",
 ) -> str:
-    config = agent_config(work, models, broker, threshold)
-    path = work / "agent.yaml"
+    path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_AGENT_")}
     env["PYTHONUNBUFFERED"] = "1"
     child = supervisor.start(
-        "edge-agent", [executable("edge-agent"), "run", "--config", str(path)], env=env
+        name, [executable("edge-agent"), "run", "--config", str(path)], env=env
     )
     address = str(config["api_address"])
     client = EdgeClient(address, timeout_s=2)

@@ -36,10 +36,14 @@ class Pass:
     reasons: list[str] = field(default_factory=list)
     """``fallback_reason``, ``""`` when none."""
     degraded: list[bool] = field(default_factory=list)
+    versions: list[str | None] = field(default_factory=list)
+    """The answering model's version (the edge release, or the cloud model's)."""
 
 
-def stream(client: EdgeClient, model: str, x: np.ndarray[Any, Any], prefix: str) -> Pass:
-    for i in range(min(WARMUP_REQUESTS, len(x))):
+def stream(
+    client: EdgeClient, model: str, x: np.ndarray[Any, Any], prefix: str, *, warmup: bool = True
+) -> Pass:
+    for i in range(min(WARMUP_REQUESTS, len(x)) if warmup else 0):
         client.infer(model, {INPUT_NAME: x[i : i + 1]}, request_id=f"{prefix}-warmup-{i}")
     recorded = Pass(model=model)
     for i in range(len(x)):
@@ -53,6 +57,7 @@ def stream(client: EdgeClient, model: str, x: np.ndarray[Any, Any], prefix: str)
         recorded.served_by.append(result.served_by or "")
         recorded.reasons.append(result.fallback_reason or "")
         recorded.degraded.append(result.degraded)
+        recorded.versions.append(result.model_version)
     return recorded
 
 

@@ -3,6 +3,9 @@
 Writes ``edge.keras`` (a 64-16-10 perceptron, 1.2k parameters), ``cloud.keras`` (two
 convolutions and a dense layer, 94k parameters) and ``digits.npz``: ``x_train``/``y_train``
 (1,400 digits) and ``x_test``/``y_test`` (the 397 held out), pixels as float32 in [0, 1].
+The cloud model learns from all 1,400 training digits; the first edge release only from the
+first 500 (``x_reference``/``y_reference``, the set distillation must not forget). The other 900
+(``x_fleet``/``y_fleet``) are the stream the fleet sees in the demo's second round.
 Input ``pixels`` FP32 [-1, 64], output softmax probabilities over the ten digits. Seeded, so a
 rebuild gives the same split.
 Run as its own process because it imports TensorFlow, which the rest of the demo does not need.
@@ -20,6 +23,8 @@ import numpy as np
 
 SEED = 0
 TRAIN_SAMPLES = 1400
+REFERENCE_SAMPLES = 500
+"""The first edge release's training digits; the rest of the training split is the fleet's."""
 INPUT_NAME = "pixels"
 EDGE_EPOCHS = 60
 CLOUD_EPOCHS = 30
@@ -75,22 +80,34 @@ def train(out_dir: Path) -> dict[str, Any]:
     x_train, y_train, x_test, y_test = split()
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"train_samples": len(x_train), "test_samples": len(x_test)}
-    for name, build, epochs in (
-        ("edge", edge_model, EDGE_EPOCHS),
-        ("cloud", cloud_model, CLOUD_EPOCHS),
+    x_ref, y_ref = x_train[:REFERENCE_SAMPLES], y_train[:REFERENCE_SAMPLES]
+    for name, build, epochs, x_fit, y_fit in (
+        ("edge", edge_model, EDGE_EPOCHS, x_ref, y_ref),
+        ("cloud", cloud_model, CLOUD_EPOCHS, x_train, y_train),
     ):
         keras.utils.set_random_seed(SEED)
         model = build(keras)
         model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-        model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
+        model.fit(x_fit, y_fit, epochs=epochs, batch_size=32, verbose=0)
         _, accuracy = model.evaluate(x_test, y_test, verbose=0)
         model.save(out_dir / f"{name}.keras")
         summary[name] = {
+            "train_samples": len(x_fit),
             "parameters": int(model.count_params()),
             "epochs": epochs,
             "keras_test_accuracy": float(accuracy),
         }
-    np.savez(out_dir / "digits.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    np.savez(
+        out_dir / "digits.npz",
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        x_reference=x_ref,
+        y_reference=y_ref,
+        x_fleet=x_train[REFERENCE_SAMPLES:],
+        y_fleet=y_train[REFERENCE_SAMPLES:],
+    )
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

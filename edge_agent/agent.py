@@ -76,6 +76,10 @@ class Agent:
             self.metrics,
             self.cloud,
             remote_models=config.cloud.remote_models if config.cloud is not None else (),
+            device_parameters={
+                "device_class": config.device_class,
+                **({"capture": False} if config.capture_opt_out else {}),
+            },
         )
         self.gate = RequestGate()
         self.updater: Updater | None = None

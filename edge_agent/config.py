@@ -338,6 +338,9 @@ class AgentConfig(BaseModel):
     """The cloud link (MQTT); without it every request is answered here."""
     updates: UpdatesConfig | None = None
     """Signed model updates over the cloud link; without it models change only by config."""
+    capture_opt_out: bool = False
+    """Mark every request handed to the cloud ``capture: false``: the hub never keeps it for
+    training (docs/capture.md)."""
 
     @field_validator("device_id")
     @classmethod

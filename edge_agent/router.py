@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from .cloud.calls import CloudCall, CloudResult, QueuedCall
-from .confidence import confidence
+from .confidence import as_probabilities, row_confidences
 from .config import FallbackConfig, OnCloudUnavailable, RemoteModelConfig
 from .errors import AgentError, CloudTimeoutError, CloudUnavailableError, ModelNotReadyError
 from .metrics import UNKNOWN_MODEL, AgentMetrics
@@ -185,6 +185,10 @@ class _Decision:
     """The local model, when it serves."""
     local: dict[str, Array] | None = None
     """The local outputs, when it was run here."""
+    top_class: tuple[int, ...] | None = None
+    """Per row, the local model's top class, when a low confidence handed it over."""
+    row_confidence: tuple[float, ...] | None = None
+    """Per row, the confidence the policy compared, likewise."""
 
 
 class Router:
@@ -197,8 +201,12 @@ class Router:
         cloud: Cloud | None = None,
         *,
         remote_models: Sequence[RemoteModelConfig] = (),
+        device_parameters: Mapping[str, str | bool] | None = None,
     ) -> None:
+        """``device_parameters`` go with every request handed to the cloud (the device class,
+        and ``capture: false`` for a device that opted out of capture)."""
         self._registry = registry
+        self._device_parameters = dict(device_parameters or {})
         self._metrics = metrics
         self._cloud = cloud
         self._id_prefix = uuid.uuid4().hex[:16]
@@ -308,6 +316,7 @@ class Router:
             inputs=call.inputs,
             outputs=call.outputs,
             deadline_s=route.deadline_s,
+            parameters=self._report(decision),
         )
         try:
             result = cloud.infer(cloud_call)
@@ -352,12 +361,38 @@ class Router:
         if outputs is not None:
             model.check(inputs, outputs)
         local = model.infer(inputs)
-        score = confidence(local[scored], fallback.confidence, softmax=fallback.softmax)
+        probabilities = as_probabilities(local[scored], fallback.softmax)
+        rows = row_confidences(probabilities, fallback.confidence)
         if outputs is not None:
             local = {name: local[name] for name in outputs}
-        if score < fallback.threshold:
-            return _Decision(reason=FallbackReason.LOW_CONFIDENCE, model=model, local=local)
+        if float(rows.min()) < fallback.threshold:
+            return _Decision(
+                reason=FallbackReason.LOW_CONFIDENCE,
+                model=model,
+                local=local,
+                top_class=tuple(int(c) for c in probabilities.argmax(axis=1)),
+                row_confidence=tuple(float(c) for c in rows),
+            )
         return _Decision(reason=None, model=model, local=local)
+
+    def _report(self, decision: _Decision) -> dict[str, str | int | float | bool]:
+        """The parameters a request handed over carries: why, and what the device answered
+        (one value per row; several rows as comma-separated text), for the hub's capture."""
+        assert decision.reason is not None
+        report: dict[str, str | int | float | bool] = {
+            "fallback_reason": decision.reason.value,
+            **self._device_parameters,
+        }
+        if decision.model is not None and decision.model.version is not None:
+            report["device_model_version"] = str(decision.model.version)
+        top, conf = decision.top_class, decision.row_confidence
+        if top is not None and conf is not None:
+            if len(top) == 1:
+                report["device_top_class"], report["device_confidence"] = top[0], conf[0]
+            else:
+                report["device_top_class"] = ",".join(str(c) for c in top)
+                report["device_confidence"] = ",".join(repr(c) for c in conf)
+        return report
 
     def _here(
         self,

@@ -74,6 +74,8 @@ class MqttErrorResponse(ErrorResponse):
 
     id: StrictStr | None = None
     status: Annotated[StrictInt, Field(ge=400, le=599)] | None = None
+    retry_after_s: Annotated[float, Field(ge=0)] | None = None
+    """With 429 and 503: the seconds after which the sender may try again."""
 
 
 def encode_frame(body: EncodedBody) -> bytes:
@@ -180,12 +182,20 @@ def encode_mqtt_response(
     return encode_frame(body)
 
 
-def encode_mqtt_error(error: str, *, id: str | None = None, status: int | None = None) -> bytes:
+def encode_mqtt_error(
+    error: str,
+    *,
+    id: str | None = None,
+    status: int | None = None,
+    retry_after_s: float | None = None,
+) -> bytes:
     message: dict[str, Any] = {"error": error}
     if id is not None:
         message["id"] = id
     if status is not None:
         message["status"] = status
+    if retry_after_s is not None:
+        message["retry_after_s"] = round(retry_after_s, 3)
     return to_json(message)
 
 

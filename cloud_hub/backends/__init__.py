@@ -1,5 +1,5 @@
 """Model backends, one module each, imported only when a model uses them."""
 
-from .base import BACKENDS, MODEL_FILES, Backend, BackendName, BackendOptions, TensorSpec
+from .base import BACKENDS, Backend, BackendName, BackendOptions, ShapeRange, TensorSpec
 
-__all__ = ["BACKENDS", "MODEL_FILES", "Backend", "BackendName", "BackendOptions", "TensorSpec"]
+__all__ = ["BACKENDS", "Backend", "BackendName", "BackendOptions", "ShapeRange", "TensorSpec"]

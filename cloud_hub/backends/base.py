@@ -1,12 +1,29 @@
-"""The interface every backend implements, and the registry that loads them lazily by name."""
+"""The base class every backend derives from, and the registry that loads them lazily by name.
+
+A backend declares what it must (``model_file``, ``load``, ``infer``, ``close``) and inherits a
+default for each optional hook, so the repository reads them directly::
+
+    Backend
+     ├── model_file()    the file a version folder holds (Triton's default name)   required
+     ├── load()          build one from that file and the config's options          required
+     ├── infer()         run one batch                                               required
+     ├── close()         release the runtime                                        required
+     ├── inputs/outputs  the tensors the file declares (given to ``__init__``)
+     ├── labels          class names, when config.yaml names none                   default None
+     ├── parameters      shown in the model's metadata                              default None
+     ├── shape_ranges    the shapes each input takes (TensorRT profiles)            default {}
+     └── validate()      value checks per request, before batching                  default none
+"""
 
 from __future__ import annotations
 
+import abc
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args
+from types import MappingProxyType
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -16,10 +33,10 @@ from ..errors import BackendUnavailableError, ConfigError
 
 __all__ = [
     "BACKENDS",
-    "MODEL_FILES",
     "Backend",
     "BackendName",
     "BackendOptions",
+    "ShapeRange",
     "TensorSpec",
     "load_backend_class",
 ]
@@ -34,15 +51,7 @@ BACKENDS: dict[str, str] = {
 }
 """Backend name -> ``module:class``; imported only when a model names it."""
 
-MODEL_FILES: dict[str, str] = {
-    "onnxruntime": "model.onnx",
-    "tflite": "model.tflite",
-    "tensorrt": "model.plan",
-    "quantum": "model.qml.json",
-}
-"""The file a version folder holds for each backend (Triton's default names)."""
-
-assert set(BACKENDS) == set(MODEL_FILES) == set(get_args(BackendName))
+assert set(BACKENDS) == set(get_args(BackendName))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +61,23 @@ class TensorSpec:
     name: str
     datatype: Datatype
     shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShapeRange:
+    """The shapes an input takes: each dimension in [min, max] (``opt``: the one tuned for)."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    @classmethod
+    def fixed(cls, shape: tuple[int, ...]) -> ShapeRange:
+        return cls(min=shape, opt=shape, max=shape)
+
+    @property
+    def bounds(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return self.min, self.max
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,31 +94,62 @@ class BackendOptions:
     """Backend-specific settings from ``parameters:`` in config.yaml."""
 
 
-class Backend(Protocol):
-    """A loaded model. ``infer`` may be called from several threads at once.
-
-    Optional, looked up by the repository when present: ``labels`` (class names, used when
-    config.yaml names none), ``parameters`` (shown in the model's metadata) and
-    ``validate(inputs)`` (value checks per request, before batching; raises ``BadRequestError``).
-    """
+class Backend(abc.ABC):
+    """A loaded model. ``infer`` may be called from several threads at once."""
 
     name: str
     """The runtime and where it runs, for metadata and logs (``onnxruntime:CPUExecutionProvider``)."""
 
+    labels: Sequence[str] | None = None
+    """Class names in output order; the repository uses them when config.yaml names none."""
+
+    parameters: Mapping[str, Any] | None = None
+    """Shown in the model's metadata, so clients see what they are calling."""
+
+    shape_ranges: Mapping[str, ShapeRange] = MappingProxyType({})
+    """Input -> the shapes it takes, for runtimes with fixed ranges; the repository refuses a
+    ``max_batch_size`` above the largest first dimension. Empty: any shape the file allows."""
+
+    _inputs: list[TensorSpec]
+    _outputs: list[TensorSpec]
+
+    def __init__(
+        self, *, name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+    ) -> None:
+        self.name = name
+        self._inputs = list(inputs)
+        self._outputs = list(outputs)
+
     @classmethod
-    def load(cls, path: Path, options: BackendOptions) -> Backend: ...
+    @abc.abstractmethod
+    def model_file(cls) -> str:
+        """The file a version folder holds for this backend (``model.onnx``)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, path: Path, options: BackendOptions) -> Backend:
+        """Load the model file at ``path``; :class:`~cloud_hub.errors.ModelLoadError` if not."""
 
     @property
-    def inputs(self) -> list[TensorSpec]: ...
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
 
     @property
-    def outputs(self) -> list[TensorSpec]: ...
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
 
+    def validate(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> None:  # noqa: B027
+        """Value checks for one request, run before batching, so a bad request is refused alone
+        instead of failing the batch it would have joined; raise
+        :class:`~cloud_hub.errors.BadRequestError`. Shapes and datatypes are checked already."""
+
+    @abc.abstractmethod
     def infer(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
         """Run one batch; arrays are checked against :attr:`inputs` by the caller."""
-        ...
 
-    def close(self) -> None: ...
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the runtime; the repository calls it once no batch is running."""
 
 
 def load_backend_class(name: str) -> type[Backend]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols import Datatype
+from protocols import Datatype, artifact_file
 
 from ..errors import BackendUnavailableError, BadRequestError, InferenceError, ModelLoadError
 from .base import Backend, BackendOptions, TensorSpec
@@ -59,15 +59,21 @@ def choose_providers(available: list[str], options: BackendOptions) -> list[str]
     return [*gpu, "CPUExecutionProvider"]
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     def __init__(self, session: Any) -> None:
+        super().__init__(
+            name=f"onnxruntime:{session.get_providers()[0]}",
+            inputs=[_spec(a) for a in session.get_inputs()],
+            outputs=[_spec(a) for a in session.get_outputs()],
+        )
         self._session = session
-        self._inputs = [_spec(a) for a in session.get_inputs()]
-        self._outputs = [_spec(a) for a in session.get_outputs()]
         self._output_names = [o.name for o in self._outputs]
         self._bytes_inputs = {s.name for s in self._inputs if s.datatype is Datatype.BYTES}
         self._bytes_outputs = {s.name for s in self._outputs if s.datatype is Datatype.BYTES}
-        self.name = f"onnxruntime:{session.get_providers()[0]}"
+
+    @classmethod
+    def model_file(cls) -> str:
+        return artifact_file("onnx")
 
     @classmethod
     def load(cls, path: Path, options: BackendOptions) -> Backend:
@@ -95,14 +101,6 @@ class OnnxRuntimeBackend:
         backend = cls(session)
         logger.info("loaded %s with providers %s", path, session.get_providers())
         return backend
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def infer(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
         feed = {

@@ -32,30 +32,36 @@ LABEL = "label"
 _PARAMETERS = frozenset({"simulator", "shots", "seed"})
 
 
-class QuantumBackend:
+class QuantumBackend(Backend):
     def __init__(self, classifier: Any) -> None:
-        self._classifier = classifier
         model = classifier.model
-        self.labels: list[str] = list(classifier.classes)
-        """Class names in output order; the hub uses them when config.yaml names no labels."""
-        self._label_bytes = np.asarray([c.encode() for c in self.labels], dtype=object)
-        self._inputs = [
-            TensorSpec(name=INPUT, datatype=Datatype.FP32, shape=(-1, model.num_features))
-        ]
-        self._outputs = [
-            TensorSpec(name=PROBABILITIES, datatype=Datatype.FP32, shape=(-1, len(self.labels))),
-            TensorSpec(name=LABEL, datatype=Datatype.BYTES, shape=(-1,)),
-        ]
-        self.name = f"quantum:{classifier.options.label} (experimental)"
-        self.parameters: dict[str, Any] = {
+        classes = [str(c) for c in classifier.classes]
+        super().__init__(
+            name=f"quantum:{classifier.options.label} (experimental)",
+            inputs=[TensorSpec(name=INPUT, datatype=Datatype.FP32, shape=(-1, model.num_features))],
+            outputs=[
+                TensorSpec(name=PROBABILITIES, datatype=Datatype.FP32, shape=(-1, len(classes))),
+                TensorSpec(name=LABEL, datatype=Datatype.BYTES, shape=(-1,)),
+            ],
+        )
+        self._classifier = classifier
+        self.labels = classes
+        self._label_bytes = np.asarray([c.encode() for c in classes], dtype=object)
+        parameters: dict[str, Any] = {
             "experimental": True,
             "simulator": classifier.options.label,
             "num_qubits": model.circuit.num_qubits,
-            "classes": ",".join(self.labels),
+            "classes": ",".join(classes),
         }
-        """Shown in the model's metadata, so clients see what they are calling."""
         if model.metrics.test_accuracy is not None:
-            self.parameters["test_accuracy"] = round(model.metrics.test_accuracy, 4)
+            parameters["test_accuracy"] = round(model.metrics.test_accuracy, 4)
+        self.parameters = parameters
+
+    @classmethod
+    def model_file(cls) -> str:
+        from quantum.schema import MODEL_FILE
+
+        return MODEL_FILE
 
     @classmethod
     def load(cls, path: Path, options: BackendOptions) -> Backend:
@@ -95,17 +101,8 @@ class QuantumBackend:
         )
         return cls(classifier)
 
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
     def validate(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> None:
-        """Checks the repository runs per request, before batching, so one bad request is
-        refused alone instead of failing the batch it would have joined."""
+        """Finite features and a non-empty batch: a NaN would fail the whole batch."""
         value = inputs.get(INPUT)
         if value is None:
             return

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols import Datatype
+from protocols import Datatype, artifact_file
 
 from ..errors import (
     BackendUnavailableError,
@@ -40,7 +40,7 @@ from ..errors import (
     ModelLoadError,
 )
 from ._cuda import CudaDevice, StreamBuffers
-from .base import Backend, BackendOptions, TensorSpec
+from .base import Backend, BackendOptions, ShapeRange, TensorSpec
 
 __all__ = [
     "TRT_DATATYPES",
@@ -90,23 +90,6 @@ def datatype_of_trt(tensor: str, trt_dtype: object) -> Datatype:
             f"(it serves {', '.join(TRT_DATATYPES)})"
         )
     return datatype
-
-
-@dataclass(frozen=True, kw_only=True)
-class ShapeRange:
-    """The shapes an optimization profile takes for one input: each dimension in [min, max]."""
-
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    @classmethod
-    def fixed(cls, shape: tuple[int, ...]) -> ShapeRange:
-        return cls(min=shape, opt=shape, max=shape)
-
-    @property
-    def bounds(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        return self.min, self.max
 
 
 def check_input_shape(name: str, shape: tuple[int, ...], allowed: ShapeRange) -> None:
@@ -247,7 +230,7 @@ def _describe(trt: Any, engine: Any, path: Path) -> _EngineIO:
     return _EngineIO(inputs=inputs, outputs=outputs, ranges=ranges, dynamic=dynamic)
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     def __init__(
         self,
         *,
@@ -259,6 +242,7 @@ class TensorRTBackend:
         io: _EngineIO,
         profile: int,
     ) -> None:
+        super().__init__(name=f"tensorrt:{device.name}", inputs=io.inputs, outputs=io.outputs)
         self._device: CudaDevice | None = device
         self._trt_logger = trt_logger
         self._runtime = runtime
@@ -267,11 +251,12 @@ class TensorRTBackend:
         self._pool: queue.Queue[_Instance] = queue.Queue()
         for instance in instances:
             self._pool.put(instance)
-        self._inputs = io.inputs
-        self._outputs = io.outputs
-        self.shape_ranges: dict[str, ShapeRange] = io.ranges[profile]
+        self.shape_ranges = io.ranges[profile]
         """The shapes each input takes, from the served optimization profile."""
-        self.name = f"tensorrt:{device.name}"
+
+    @classmethod
+    def model_file(cls) -> str:
+        return artifact_file("tensorrt")
 
     @classmethod
     def load(cls, path: Path, options: BackendOptions) -> Backend:
@@ -361,14 +346,6 @@ class TensorRTBackend:
             io=io,
             profile=profile,
         )
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def infer(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
         arrays = self._checked(inputs)

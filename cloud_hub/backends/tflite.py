@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols import Datatype, datatype_of
+from protocols import Datatype, artifact_file, datatype_of
 
 from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
 from .base import Backend, BackendOptions, TensorSpec
@@ -65,16 +65,18 @@ def _signature_names(interpreter: Any) -> dict[int, str]:
         return {}
 
 
-class TFLiteBackend:
+class TFLiteBackend(Backend):
     def __init__(self, interpreters: list[Any], runtime: str) -> None:
         self._pool: queue.Queue[Any] = queue.Queue()
         for interpreter in interpreters:
             self._pool.put(interpreter)
         first = interpreters[0]
         self._names = _signature_names(first)
-        self._inputs = [self._spec(d) for d in first.get_input_details()]
-        self._outputs = [self._spec(d) for d in first.get_output_details()]
-        self.name = f"tflite:{runtime}"
+        super().__init__(
+            name=f"tflite:{runtime}",
+            inputs=[self._spec(d) for d in first.get_input_details()],
+            outputs=[self._spec(d) for d in first.get_output_details()],
+        )
 
     def _name(self, detail: Mapping[str, Any]) -> str:
         return self._names.get(int(detail["index"]), str(detail["name"]))
@@ -91,6 +93,10 @@ class TFLiteBackend:
         )
 
     @classmethod
+    def model_file(cls) -> str:
+        return artifact_file("tflite")
+
+    @classmethod
     def load(cls, path: Path, options: BackendOptions) -> Backend:
         interpreter_class, runtime = _interpreter_class()
         interpreters = []
@@ -103,14 +109,6 @@ class TFLiteBackend:
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{path.name}: LiteRT cannot load it: {exc}") from exc
         return cls(interpreters, runtime)
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def infer(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
         interpreter = self._pool.get()

@@ -8,17 +8,17 @@ up to ``graceful_shutdown_s``, before the models are drained.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from ..access import Access
 from ..errors import ConfigError
-from ..service import InferenceService
-from ..settings import HubSettings
 from ..tls import grpc_credentials
 from .service import InferenceServicer
+
+if TYPE_CHECKING:
+    from ..state import HubState
 
 __all__ = ["GrpcListener"]
 
@@ -28,23 +28,9 @@ logger = logging.getLogger(__name__)
 class GrpcListener:
     """``inference.GRPCInferenceService`` on ``settings.host:settings.grpc_port``."""
 
-    def __init__(
-        self,
-        settings: HubSettings,
-        *,
-        service: InferenceService,
-        access: Access,
-        ready: Callable[[], bool],
-        extensions: list[str],
-    ) -> None:
-        self._settings = settings
-        self._servicer = InferenceServicer(
-            service=service,
-            access=access,
-            ready=ready,
-            server_name=settings.server_name,
-            extensions=extensions,
-        )
+    def __init__(self, hub: HubState) -> None:
+        self._settings = hub.settings
+        self._servicer = InferenceServicer(hub)
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
 

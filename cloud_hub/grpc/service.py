@@ -15,7 +15,7 @@ import logging
 import math
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -26,7 +26,6 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from protocols import ProtocolError
 
 from .. import __version__
-from ..access import Access
 from ..errors import (
     BadRequestError,
     HubError,
@@ -35,10 +34,13 @@ from ..errors import (
     RateLimitedError,
     UnavailableError,
 )
+from ..oip import EXTENSIONS, triton_config
 from ..repository import LoadedVersion, ModelRepository
-from ..service import SERVED_BY, InferenceService
-from ..triton_config import triton_config
+from ..service import SERVED_BY
 from .codec import decode_infer_request, encode_infer_response
+
+if TYPE_CHECKING:
+    from ..state import HubState
 
 __all__ = ["InferenceServicer", "status_code"]
 
@@ -82,21 +84,15 @@ def _client_host(peer: str) -> str | None:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(
-        self,
-        *,
-        service: InferenceService,
-        access: Access,
-        ready: Callable[[], bool],
-        server_name: str,
-        extensions: list[str],
-    ) -> None:
-        self._service = service
-        self._repository: ModelRepository = service.repository
-        self._access = access
-        self._ready = ready
-        self._server_name = server_name
-        self._extensions = extensions
+    def __init__(self, hub: HubState) -> None:
+        self._hub = hub
+        self._service = hub.service
+        self._repository: ModelRepository = hub.repository
+        self._access = hub.access
+        self._server_name = hub.settings.server_name
+
+    def _ready(self) -> bool:
+        return self._hub.ready
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -153,7 +149,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def body() -> Any:
             return pb.ServerMetadataResponse(
-                name=self._server_name, version=__version__, extensions=self._extensions
+                name=self._server_name, version=__version__, extensions=EXTENSIONS
             )
 
         return await self._call(context, "infer", body)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..samples import SampleSet
     from ..sources import Source
 
-__all__ = ["ARTIFACT_FILES", "TARGETS", "TargetRequest", "TargetResult", "converter_for"]
+__all__ = ["TARGETS", "TargetRequest", "TargetResult", "converter_for"]
 
 TARGETS: dict[str, str] = {
     "tflite": "converters.targets.tflite:convert",
@@ -26,13 +26,6 @@ TARGETS: dict[str, str] = {
     "tensorrt": "converters.targets.tensorrt:convert",
 }
 """Format -> ``module:function``."""
-
-ARTIFACT_FILES: dict[str, str] = {
-    "tflite": "model.tflite",
-    "onnx": "model.onnx",
-    "tensorrt": "model.plan",
-}
-"""The artifact's file name per format: the names the hub's model repository expects."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,8 +14,8 @@ TensorRT and pycuda are imported when a plan is built; without them the build fa
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,12 +24,14 @@ from ..samples import SampleSet
 from . import TargetRequest, TargetResult
 from .onnx import onnx_model
 
-__all__ = ["convert", "import_tensorrt", "make_logger"]
+if TYPE_CHECKING:
+    from ..profiles import DeviceProfile
+
+__all__ = ["calibration_batch", "convert", "import_tensorrt", "make_logger"]
 
 logger = logging.getLogger(__name__)
 
 GPU_HINT = "install hybrid-inference[gpu] (TensorRT 10 and pycuda) on a machine with an NVIDIA GPU"
-CALIBRATION_BATCH = 8
 
 _LEVELS = {
     "INTERNAL_ERROR": logging.CRITICAL,
@@ -93,10 +95,12 @@ def convert(request: TargetRequest) -> TargetResult:
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, profile.workspace_bytes)
     shapes = builder.create_optimization_profile()
     input_names = []
+    input_dims = []
     for index in range(network.num_inputs):
         tensor = network.get_input(index)
         input_names.append(tensor.name)
         dims = tuple(int(d) for d in tensor.shape)
+        input_dims.append(dims)
         if any(d < 0 for d in dims[1:]):
             raise ConversionError(
                 f"{profile.name}: input {tensor.name!r} has variable dimensions {list(dims)} "
@@ -128,7 +132,7 @@ def convert(request: TargetRequest) -> TargetResult:
                 cuda,
                 request.calibration.head(profile.calibration_samples),
                 request.perms,
-                min(max(profile.batch.min, CALIBRATION_BATCH), profile.batch.max),
+                calibration_batch(profile, input_dims),
             )
             config.set_flag(trt.BuilderFlag.INT8)
             config.int8_calibrator = calibrator
@@ -149,6 +153,18 @@ def convert(request: TargetRequest) -> TargetResult:
         )
     request.output.write_bytes(bytes(plan))
     return TargetResult(perms=dict(request.perms), tools={**tools, "tensorrt": trt.__version__})
+
+
+def calibration_batch(profile: DeviceProfile, input_dims: Sequence[tuple[int, ...]]) -> int:
+    """The batch the int8 calibrator feeds: the optimization profile's ``opt`` batch, the shape
+    ``set_calibration_profile`` calibrates at, for a variable batch; the model's own batch when
+    it is fixed."""
+    if any(dims and dims[0] < 0 for dims in input_dims):
+        return profile.batch.opt
+    fixed = {dims[0] for dims in input_dims if dims}
+    if len(fixed) > 1:
+        raise ConversionError(f"{profile.name}: the inputs have different batch sizes {fixed}")
+    return max(1, fixed.pop()) if fixed else profile.batch.opt
 
 
 def _calibrator(

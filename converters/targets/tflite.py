@@ -7,9 +7,20 @@ fp32           nothing: float32 weights and kernels
 fp16           float16 weights (``supported_types=[float16]``), dequantized at load on CPUs
 int8-dynamic   int8 weights, float activations computed in int8 where kernels allow
                (``Optimize.DEFAULT`` without a representative dataset); float I/O
-int8           full integer: int8 kernels only, int8 inputs and outputs, activation ranges
-               from the calibration data
+int8           full integer: int8 kernels only, activation ranges from the calibration data;
+               int8 inputs and outputs, or float32 ones where the profile's ``int8_io`` says
+               so (LiteRT then quantizes inputs and dequantizes outputs inside the model)
 =============  ==========================================================================
+
+Float outputs alone would only dequantize what the int8 graph computed: a softmax over 1,000
+classes in int8 has a step of 1/256, so its float output is as coarse. With float outputs the
+operators in ``int8_io.float_ops`` (``SOFTMAX`` by default) therefore stay float32, fed by the
+dequantized int8 logits, through TensorFlow's selective quantization
+(``tf.lite.experimental.QuantizationDebugger`` with ``denylisted_ops``).
+
+Per-output types (``int8_io.outputs: {name: int8|float}``) are made by converting with float
+outputs and removing the ``DEQUANTIZE`` operator in front of each output chosen ``int8``, as
+TensorFlow does for every output when asked for int8 outputs.
 
 TensorFlow sources convert from a SavedModel of their serving function, so the artifact's
 signature names its tensors as the source does. ONNX sources go through onnx2tf when it is
@@ -22,17 +33,20 @@ import importlib
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._libs import import_tensorflow, quiet_stdout
-from ..errors import ConversionError, TargetUnavailableError
+from ..errors import ConversionError, ProfileError, TargetUnavailableError
 from ..samples import SampleSet
 from ..sources import OnnxSource, TensorFlowSource
 from . import TargetRequest, TargetResult
+
+if TYPE_CHECKING:
+    from ..profiles import DeviceProfile
 
 __all__ = ["convert"]
 
@@ -64,29 +78,144 @@ def convert(request: TargetRequest) -> TargetResult:
         converter.target_spec.supported_types = [tf.float16]
     elif profile.precision == "int8-dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif profile.precision == "int8":
+    notes: tuple[str, ...] = ()
+    if profile.precision == "int8":
         if request.calibration is None:
             raise ConversionError(f"{profile.name}: full int8 needs calibration data")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative(
             request.calibration, perms, input_names, profile.calibration_samples
         )
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        io = profile.int8_io
+        out_types = _output_types(request)
+        int8_outputs = [name for name, kind in out_types.items() if kind == "int8"]
+        every_int8 = len(int8_outputs) == len(out_types)
+        float_ops = () if every_int8 else tuple(io.float_ops)
+        if not float_ops:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8 if io.inputs == "int8" else tf.float32
+            converter.inference_output_type = tf.int8 if every_int8 else tf.float32
+        flatbuffer = _run(profile, lambda: _int8(tf, converter, float_ops))
+        if float_ops and io.inputs == "int8":
+            util = importlib.import_module("tensorflow.lite.python.util")
+            flatbuffer = _run(
+                profile, lambda: util.modify_model_io_type(flatbuffer, tf.int8, tf.float32)
+            )
+        if int8_outputs and not every_int8:
+            flatbuffer = _int8_outputs(bytes(flatbuffer), int8_outputs, request)
+        notes = (f"int8 graph, {_describe_io(io.inputs, out_types, float_ops)}",)
+    else:
+        flatbuffer = _run(profile, converter.convert)
+    request.output.write_bytes(bytes(flatbuffer))
+    return TargetResult(perms=perms, tools=tools, notes=notes)
+
+
+def _run(profile: DeviceProfile, step: Callable[[], Any]) -> bytes:
+    """One step of TensorFlow's converter, its failures wrapped."""
     try:
         with quiet_stdout(), warnings.catch_warnings():
             # the calibrator runs TensorFlow's own interpreter, which warns that it is deprecated
             warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
-            flatbuffer = converter.convert()
+            return bytes(step())
+    except ConversionError:
+        raise
     except Exception as exc:
         reason = str(exc).strip().splitlines()
         raise ConversionError(
             f"{profile.name}: the TFLite converter failed ({profile.precision}): "
             f"{reason[-1] if reason else type(exc).__name__}"
         ) from exc
-    request.output.write_bytes(bytes(flatbuffer))
-    return TargetResult(perms=perms, tools=tools)
+
+
+def _int8(tf: Any, converter: Any, float_ops: tuple[str, ...]) -> bytes:
+    """Full int8; with ``float_ops``, those operators stay float32 (fed by dequantized int8),
+    through TensorFlow's quantization debugger, which quantizes selectively. Inputs and outputs
+    are float32 then."""
+    if not float_ops:
+        return bytes(converter.convert())
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(float_ops))
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter,
+        debug_dataset=converter.representative_dataset,
+        debug_options=options,
+    )
+    return bytes(debugger.get_nondebug_quantized_model())
+
+
+def _output_types(request: TargetRequest) -> dict[str, str]:
+    """Source output name -> ``int8`` or ``float``; a name the profile gives that the source
+    lacks is a profile error, found before converting."""
+    io = request.profile.int8_io
+    names = [spec.name for spec in request.source.outputs]
+    if isinstance(io.outputs, dict):
+        unknown = sorted(set(io.outputs) - set(names))
+        if unknown:
+            raise ProfileError(
+                f"{request.profile.name}: int8_io.outputs names {', '.join(unknown)}, which the "
+                f"source does not have (its outputs: {', '.join(names)})"
+            )
+    return {name: io.output_type(name) for name in names}
+
+
+def _describe_io(inputs: str, outputs: Mapping[str, str], float_ops: tuple[str, ...]) -> str:
+    kinds = set(outputs.values())
+    out = (
+        f"{next(iter(kinds))} outputs"
+        if len(kinds) == 1
+        else "outputs " + ", ".join(f"{name} {kind}" for name, kind in outputs.items())
+    )
+    kept = f", {', '.join(float_ops)} in float32" if float_ops else ""
+    return f"{inputs} inputs, {out}{kept}"
+
+
+def _int8_outputs(flatbuffer: bytes, names: list[str], request: TargetRequest) -> bytes:
+    """The model with the ``DEQUANTIZE`` in front of each named output (source names) removed,
+    so those outputs give int8 with their own scale and zero point."""
+    util = importlib.import_module("tensorflow.lite.python.util")
+    model = util._convert_model_from_bytearray_to_object(flatbuffer)
+    if len(model.signatureDefs or []) != 1 or len(model.subgraphs) != 1:
+        raise ConversionError(
+            f"{request.profile.name}: per-output int8 types need a model with one signature"
+        )
+    signature = model.signatureDefs[0]
+    subgraph = model.subgraphs[0]
+    by_name = {
+        out.name.decode() if isinstance(out.name, bytes) else str(out.name): out
+        for out in signature.outputs
+    }
+    source_names = [spec.name for spec in request.source.outputs]
+    if set(source_names) <= set(by_name):
+        mapping = {name: name for name in source_names}
+    else:  # a converter that renamed the outputs keeps their order
+        mapping = dict(zip(source_names, by_name, strict=False))
+    dequantize = set(util.get_dequantize_opcode_idx(model))
+    removed: set[int] = set()
+    for name in names:
+        entry = by_name.get(mapping.get(name, ""))
+        if entry is None:
+            raise ConversionError(f"{request.profile.name}: output {name!r} is not in the model")
+        op = next(
+            (
+                op
+                for op in subgraph.operators
+                if op.opcodeIndex in dequantize and op.outputs[0] == entry.tensorIndex
+            ),
+            None,
+        )
+        if op is None:
+            raise ConversionError(
+                f"{request.profile.name}: output {name!r} is not dequantized from int8 (an "
+                "operator of int8_io.float_ops computes it in float32?); it cannot be made int8"
+            )
+        float_index, quant_index = int(op.outputs[0]), int(op.inputs[0])
+        subgraph.outputs[list(subgraph.outputs).index(float_index)] = quant_index
+        entry.tensorIndex = quant_index
+        if not any(float_index in other.inputs for other in subgraph.operators):
+            subgraph.operators.remove(op)  # else it still feeds an operator kept in float
+            removed.add(float_index)
+    if removed:
+        util._remove_tensors_from_model(model, removed)
+    return bytes(util._convert_model_from_object_to_bytearray(model))
 
 
 def _representative(

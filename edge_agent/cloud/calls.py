@@ -5,7 +5,7 @@ touches the MQTT codec or the outbox's rows."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from protocols import DecodedResponse, ProtocolError, decode_mqtt_response
@@ -26,6 +26,8 @@ class CloudCall:
     inputs: Mapping[str, Array]
     outputs: Sequence[str] | None
     deadline_s: float
+    parameters: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    """Request parameters: what the device reports of a fallback (docs/protocol.md, 2.5)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -270,6 +270,7 @@ class CloudGateway:
             call.inputs,
             model_version=call.version,
             id=call.request_id,
+            parameters=dict(call.parameters) or None,
             outputs=call.outputs,
             binary=True,
             binary_outputs=True,

@@ -237,11 +237,21 @@ def test_compose_mounts_what_the_shipped_files_and_the_script_provide(
     credentials: Credentials,
 ) -> None:
     compose = _compose()
-    assert set(compose["services"]) == {"mosquitto", "hub", "agent", "prometheus", "grafana"}
+    assert set(compose["services"]) == {
+        "mosquitto",
+        "minio",
+        "minio-init",
+        "hub",
+        "agent",
+        "prometheus",
+        "grafana",
+    }
     for name, service in compose["services"].items():
         for target, source in _mounts(service, credentials).items():
             assert source.exists(), f"{name}: {target} comes from {source}, which does not exist"
-        assert "build" in service or re.search(r":v?\d", service["image"]), f"{name} floats"
+        assert "build" in service or re.search(r":(v?\d|RELEASE\.\d)", service["image"]), (
+            f"{name} floats"
+        )
     broker = compose["services"]["mosquitto"]
     mounts = _mounts(broker, credentials)
     assert mounts["/mosquitto/config/mosquitto.conf"] == DEPLOY / "mosquitto" / "mosquitto.conf"
@@ -280,6 +290,21 @@ def test_compose_hub_and_agent_settings_load_and_match_the_defaults(
     host, port = settings.mqtt.host_port()
     assert host == "mosquitto"
     assert port == 8884
+    # the hub's state is in MinIO's bucket, which minio-init makes, with MinIO's credentials
+    assert settings.store.kind == "s3"
+    assert settings.store.endpoint_url == "http://minio:9000"
+    assert f"store/{settings.store.bucket}" in " ".join(
+        compose["services"]["minio-init"]["command"]
+    )
+    assert (
+        hub["environment"]["AWS_ACCESS_KEY_ID"]
+        == (compose["services"]["minio"]["environment"]["MINIO_ROOT_USER"])
+    )
+    assert (
+        hub["environment"]["AWS_SECRET_ACCESS_KEY"]
+        == (compose["services"]["minio"]["environment"]["MINIO_ROOT_PASSWORD"])
+    )
+    assert not any("/var/lib/cloud-hub" in v for v in hub["volumes"])
     assert [p.split()[0].split(":")[-1] for p in hub["ports"]] == [
         str(_hub_port()),
         str(HubSettings.model_fields["grpc_port"].default),
@@ -425,13 +450,13 @@ def test_the_hub_deployment_probes_real_routes_and_loads_its_config(
     args = hub["args"]
     config_path = args[args.index("--config") + 1]
     data = yaml.safe_load(_resolve(config_path, mounts).read_text())
-    for key in ("model_repository", "artifact_store"):
-        data[key] = str(_resolve(data[key], mounts))
+    data["model_repository"] = str(_resolve(data["model_repository"], mounts))
+    data["conversions"]["work_dir"] = str(_resolve(data["conversions"]["work_dir"], mounts))
     for key in ("ca_file", "cert_file", "key_file"):
         data["mqtt"][key] = str(_resolve(data["mqtt"][key], mounts))
     (tmp_path / "resolved.yaml").write_text(yaml.safe_dump(data))
     for env in hub["env"]:
-        assert env["name"].startswith("HYBRID_HUB_")
+        assert env["name"].startswith(("HYBRID_HUB_", "AWS_"))
         if "value" in env:  # a path in the container
             monkeypatch.setenv(env["name"], str(_resolve(env["value"], mounts)))
             continue
@@ -442,6 +467,7 @@ def test_the_hub_deployment_probes_real_routes_and_loads_its_config(
         )
         monkeypatch.setenv(env["name"], placeholder)
     settings = load_settings(tmp_path / "resolved.yaml")
+    assert settings.store.kind == "s3"
     assert settings.auth.enabled
     assert settings.mqtt is not None
     assert settings.mqtt.shared
@@ -472,6 +498,49 @@ def test_the_hub_deployment_probes_real_routes_and_loads_its_config(
         assert hub["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     else:
         assert "nvidia.com/gpu" not in hub["resources"].get("limits", {})
+
+
+def test_no_hub_state_is_kept_in_a_pod(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """Replicas share their state through the object store; what a pod keeps on emptyDir is
+    scratch only, and the model repository is a volume every replica mounts."""
+    _, docs = rendered
+    spec, hub = _hub_container(docs)
+    configmap = kustomize.find(docs, "ConfigMap", "cloud-hub-config")
+    settings = yaml.safe_load(configmap["data"]["hub.yaml"])
+    assert settings["store"]["kind"] == "s3"
+    assert settings["store"]["bucket"]
+    assert "artifact_store" not in settings
+    env = {e["name"]: e for e in hub["env"]}
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "cloud-hub-store"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    scratch = settings["conversions"]["work_dir"]
+    for mount in hub["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "emptyDir" in volume:
+            assert mount["mountPath"] == "/tmp", mount
+            assert scratch.startswith("/tmp/")
+        if mount["mountPath"] == settings["model_repository"]:
+            claim = kustomize.find(
+                docs, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]
+            )
+            assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for doc in docs:
+        for volume in doc.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", []):
+            if doc["metadata"]["name"] == "cloud-hub" and "emptyDir" in volume:
+                assert volume["name"] == "tmp"
+
+
+def test_kubectl_and_the_fallback_renderer_give_the_same_objects() -> None:
+    if kustomize.kubectl() is None:
+        pytest.skip("no kubectl with kustomize v4+ here: the fallback renderer is used")
+    for variant in ("base", "overlays/gpu"):
+        by_kubectl = kustomize.render(K8S / variant)
+        by_us = kustomize.render_locally(K8S / variant)
+        key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+        assert sorted(by_kubectl, key=key) == sorted(by_us, key=key), variant
 
 
 def test_the_autoscaler_and_disruption_budget_target_the_hub(
@@ -543,12 +612,22 @@ def test_the_agent_daemonset_runs_on_edge_nodes_and_loads_its_config(
 
 def test_every_secret_the_manifests_use_is_documented() -> None:
     docs = kustomize.render(K8S / "base")
-    names = set()
-    for doc in docs:
-        text = json.dumps(doc)
-        names.update(re.findall(r'"secretName": "([\w-]+)"', text))
-        names.update(re.findall(r'"secretKeyRef": \{"name": "([\w-]+)"', text))
-    assert names == {"hybrid-broker-hub", "cloud-hub-api-keys"}
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "secretName" in node:
+                names.add(node["secretName"])
+            if "secretKeyRef" in node:
+                names.add(node["secretKeyRef"]["name"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(docs)
+    assert names == {"hybrid-broker-hub", "cloud-hub-api-keys", "cloud-hub-store"}
     guide = (ROOT / "docs" / "deploy.md").read_text()
     for name in names:
         assert f"create secret generic {name} " in guide, name

@@ -190,6 +190,30 @@ def test_a_short_stream_writes_a_report_computed_from_its_answers(
     assert "![latency](latency.png)" in markdown
 
     check_quantum_section(report, summary["quantum"], markdown, output)
+    check_second_round(summary, markdown, output)
+
+
+def check_second_round(summary: dict[str, Any], markdown: str, output: str) -> None:
+    """Release 2 came through distill, build, sign, publish and the agent's signed update, and
+    its figures are consistent with release 1's, which are the first pass's own."""
+    second = summary["second_round"]
+    first, again = second["release_1"], second["release_2"]
+    assert (first["requests"], again["requests"]) == (STREAM, STREAM)
+    assert first["cloud_answers"] == summary["cloud_answers"]
+    assert first["accuracy_hybrid"] == pytest.approx(summary["accuracy"]["hybrid"])
+    assert second["fewer_to_cloud"] == pytest.approx(
+        1 - again["cloud_answers"] / first["cloud_answers"]
+    )
+    assert second["accuracy_change_pts"] == pytest.approx(
+        (again["accuracy_hybrid"] - first["accuracy_hybrid"]) * 100
+    )
+    assert second["distill"]["passed"] is True
+    assert second["release_version"] == "2"
+    assert 0 < second["captured_records"] == second["fleet_to_cloud"] <= second["fleet_digits"]
+    assert second["recommendation"]["records"] == second["captured_records"]
+    assert "the agent installs release 2 (signed update)" in output
+    assert "## Second round: the fleet teaches the edge model" in markdown
+    assert f"{second['fewer_to_cloud'] * 100:.1f}% fewer digits sent to the cloud" in markdown
 
 
 def check_quantum_section(

@@ -143,7 +143,8 @@ def test_malformed_payload_storm(repository: Path, broker: Broker, tmp_path: Pat
         repository=repository,
         workdir=tmp_path,
         config={
-            "mqtt": {"broker": broker.address},
+            # No per-device rate limit: every bad message must reach the decoder and be counted.
+            "mqtt": {"broker": broker.address, "device_rate_per_s": None},
             "limits": {"payload_max_bytes": PAYLOAD_MAX_BYTES},
         },
     )

@@ -292,6 +292,31 @@ def convert(model: Any, kind: str, representative: np.ndarray | None = None) -> 
     return bytes(converter.convert())
 
 
+def build_identity_model(path: Path, shape: list[int | None], dtype: str = "float32") -> Path:
+    """A TFLite model whose output ``scores`` equals its input ``x`` (``dtype`` of ``shape``;
+    ``None`` first makes the batch dimension variable), so a test chooses the scores.
+
+    ``maximum(x, lowest float)`` keeps a real operator between the two: the converter folds a
+    plain identity away, leaving the input as the output. Needs TensorFlow."""
+    if not can_build():
+        raise ModelsUnavailableError("building TFLite models needs TensorFlow")
+    tf = _quiet_tensorflow()
+    lowest = np.finfo(dtype).min if dtype.startswith("float") else np.iinfo(dtype).min
+
+    class Identity(tf.Module):  # type: ignore[misc]
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.as_dtype(dtype), name="x")])  # type: ignore[misc]
+        def serve(self, x: Any) -> dict[str, Any]:
+            return {"scores": tf.maximum(x, tf.constant(lowest, dtype=dtype))}
+
+    module = Identity()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(converter.convert()))
+    return path
+
+
 def build_digits_models(root: Path) -> DigitsModels:
     root.mkdir(parents=True, exist_ok=True)
     model, x_train, _, x_test, y_test = train_digits_keras_model()

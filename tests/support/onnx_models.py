@@ -123,3 +123,15 @@ def classifier(
         ],
     )
     return _save(graph, path)
+
+
+def identity(path: Path, shape: list[int | str], elem_type: int = TensorProto.FLOAT) -> Path:
+    """scores = x for a tensor of ``shape`` (a string dimension is variable, e.g. the batch):
+    the outputs are whatever the test sends."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["scores"])],
+        "identity",
+        [helper.make_tensor_value_info("x", elem_type, shape)],
+        [helper.make_tensor_value_info("scores", elem_type, shape)],
+    )
+    return _save(graph, path)

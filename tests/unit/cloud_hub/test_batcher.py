@@ -18,12 +18,15 @@ from cloud_hub.errors import InferenceError, QueueFullError, RequestTimeoutError
 from protocols import Datatype
 
 
-class Doubler:
+class Doubler(Backend):
     """y = 2x, recording the batch sizes it ran; optionally slow or failing."""
 
-    name = "doubler"
-
     def __init__(self, delay_s: float = 0.0, fail: bool = False, drop_batch: bool = False) -> None:
+        super().__init__(
+            name="doubler",
+            inputs=[TensorSpec(name="x", datatype=Datatype.FP32, shape=(-1, 2))],
+            outputs=[TensorSpec(name="y", datatype=Datatype.FP32, shape=(-1, 2))],
+        )
         self.calls: list[int] = []
         self.delay_s = delay_s
         self.fail = fail
@@ -31,16 +34,12 @@ class Doubler:
         self.threads: set[str] = set()
 
     @classmethod
+    def model_file(cls) -> str:
+        return "doubler.npy"
+
+    @classmethod
     def load(cls, path: Path, options: BackendOptions) -> Backend:
         return cls()
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return [TensorSpec(name="x", datatype=Datatype.FP32, shape=(-1, 2))]
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return [TensorSpec(name="y", datatype=Datatype.FP32, shape=(-1, 2))]
 
     def infer(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
         self.threads.add(threading.current_thread().name)

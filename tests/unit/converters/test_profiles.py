@@ -17,6 +17,7 @@ from converters.profiles import (
 BUILTINS = {
     "rpi4-litert-fp16": ("tflite", "fp16", "rpi4"),
     "rpi4-litert-int8": ("tflite", "int8", "rpi4"),
+    "rpi4-litert-int8-float-io": ("tflite", "int8", "rpi4"),
     "rpi3-litert-int8-dynamic": ("tflite", "int8-dynamic", "rpi3"),
     "x86-gateway-litert-fp32": ("tflite", "fp32", "x86-gateway"),
     "jetson-orin-trt-fp16": ("tensorrt", "fp16", "jetson-orin"),
