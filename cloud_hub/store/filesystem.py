@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from . import CHUNK_BYTES, ObjectInfo, ObjectStore, StoreError, StoreObjectMissingError, check_key
+from ..errors import StoreError, StoreObjectMissingError
+from .base import CHUNK_BYTES, ObjectInfo, ObjectStore, check_key
 
 __all__ = ["FilesystemStore"]
 

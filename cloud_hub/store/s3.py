@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import CHUNK_BYTES, ObjectInfo, ObjectStore, StoreError, StoreObjectMissingError, check_key
+from ..errors import StoreError, StoreObjectMissingError
+from .base import CHUNK_BYTES, ObjectInfo, ObjectStore, check_key
 
 if TYPE_CHECKING:
     from ..settings import StoreSettings

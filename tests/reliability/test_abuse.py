@@ -287,6 +287,7 @@ def test_credentials_used_beyond_their_scope(hub: HubProcess) -> None:
             .replace("{file}", "x")
             .replace("{job_id}", "no-such-job")
             .replace("{sha256}", "0" * 64)
+            .replace("{shard}", "no-such-shard")
         )
         assert "{" not in path, template
         body = b"{}" if method in ("POST", "PUT") else None
