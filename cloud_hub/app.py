@@ -28,7 +28,7 @@ from protocols import ErrorResponse, ProtocolError
 from . import __version__, artifacts, capture_api, conversions, fleet, oip, releases
 from .access import Access
 from .body_limit import BodyLimit
-from .capture import Capture, FileShardStore, capture_root
+from .capture import Capture, shard_store
 from .errors import HubError, error_headers
 from .fastpath import InferencePath
 from .metrics import HubMetrics
@@ -66,9 +66,9 @@ def create_app(settings: HubSettings, *, serve_grpc: bool = False) -> ASGIApp:
     repository = ModelRepository(
         settings.model_repository, metrics, drain_timeout_s=settings.graceful_shutdown_s
     )
-    capture = Capture(FileShardStore(capture_root(settings)), metrics)
-    # Shared by every replica: artifacts, uploads, releases, conversion jobs (docs/hub.md).
+    # Shared by every replica: artifacts, uploads, releases, conversion jobs, captures (docs/hub.md).
     objects = open_store(settings)
+    capture = Capture(shard_store(settings, objects), metrics)
     artifact_store = artifacts.ArtifactStore(objects)
     release_store = releases.ReleaseStore(artifact_store, work_dir=settings.conversions.work_dir)
     hub = HubState(

@@ -48,21 +48,23 @@ from prometheus_client import Counter, Gauge
 
 from protocols import DecodedRequest, is_model_name
 
-from .errors import BadRequestError, CaptureNotFoundError
+from .errors import BadRequestError, CaptureNotFoundError, StoreObjectMissingError
 from .metrics import HubMetrics
 from .model_config import CaptureConfig
 from .settings import HubSettings
+from .store import ObjectStore
 
 __all__ = [
     "DEVICE_PARAMETERS",
     "Capture",
     "DeviceReport",
     "FileShardStore",
+    "ObjectShardStore",
     "ShardInfo",
     "ShardStore",
-    "capture_root",
     "device_report",
     "read_shard",
+    "shard_store",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,8 +87,11 @@ _TICK_S = 1.0
 _SHARD = re.compile(r"^(\d{13})-(\d{1,9})-([0-9a-f]{8})\.npz$")
 
 
-def capture_root(settings: HubSettings) -> Path:
-    return settings.capture_store or settings.model_repository / ".capture"
+def shard_store(settings: HubSettings, objects: ObjectStore) -> ShardStore:
+    """A folder when ``capture_store`` names one; otherwise the shared store every replica uses."""
+    if settings.capture_store is not None:
+        return FileShardStore(settings.capture_store)
+    return ObjectShardStore(objects)
 
 
 # -- what a device reports -----------------------------------------------------------------------
@@ -279,6 +284,53 @@ class FileShardStore:
             (self.root / model / shard).unlink()
         except FileNotFoundError:
             return False
+        return True
+
+
+class ObjectShardStore:
+    """Shards in the hub's shared store (:mod:`cloud_hub.store`), as
+    ``.capture/<model>/<shard>``: every replica writes its own shards (names are unique) and
+    lists, serves and deletes all of them. A store write is atomic, so a listed shard is whole."""
+
+    PREFIX = ".capture"
+
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
+
+    def write_shard(self, model: str, shard: str, data: bytes) -> ShardInfo:
+        _check_names(model, shard)
+        self.objects.put(f"{self.PREFIX}/{model}/{shard}", data)
+        info = parse_shard_name(model, shard, len(data))
+        assert info is not None
+        return info
+
+    def list(self, model: str | None = None) -> list[ShardInfo]:
+        if model is not None:
+            _check_names(model)
+        prefix = f"{self.PREFIX}/{model}/" if model is not None else f"{self.PREFIX}/"
+        found: list[ShardInfo] = []
+        for obj in self.objects.list_objects(prefix):
+            parts = obj.key.split("/")
+            if len(parts) != 3 or not is_model_name(parts[1]):
+                continue
+            info = parse_shard_name(parts[1], parts[2], obj.size_bytes)
+            if info is not None:
+                found.append(info)
+        return sorted(found, key=lambda i: (i.created_s, i.model, i.shard))
+
+    def read(self, model: str, shard: str) -> bytes:
+        _check_names(model, shard)
+        try:
+            return self.objects.get(f"{self.PREFIX}/{model}/{shard}")
+        except StoreObjectMissingError:
+            raise CaptureNotFoundError(f"no shard {shard!r} of {model!r}") from None
+
+    def delete(self, model: str, shard: str) -> bool:
+        _check_names(model, shard)
+        key = f"{self.PREFIX}/{model}/{shard}"
+        if self.objects.stat(key) is None:
+            return False
+        self.objects.delete(key)
         return True
 
 

@@ -287,8 +287,9 @@ class HubSettings(BaseSettings):
     releases in the store, and publishes them again if not (another replica may have published
     an older view last)."""
     capture_store: Path | None = None
-    """Where captured fallback requests are kept (models opt in with ``capture:`` in their
-    config.yaml); ``<model_repository>/.capture`` when unset."""
+    """A folder for captured fallback requests (models opt in with ``capture:`` in their
+    config.yaml); when unset, the shared store (``.capture/`` in ``store``), which every
+    replica reads."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("model_repository")

@@ -176,3 +176,25 @@ def test_an_unreachable_bucket_is_a_store_error(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(StoreError, match="b-unreachable"):
         objects.children("")
     assert StoreError.status == 503
+
+
+def test_captured_shards_in_the_store_are_listed_read_and_deleted(store: ObjectStore) -> None:
+    from cloud_hub.capture import ObjectShardStore, shard_name
+    from cloud_hub.errors import CaptureNotFoundError
+
+    shards = ObjectShardStore(store)
+    older, newer = shard_name(1_000.0, 3), shard_name(2_000.0, 5)
+    shards.write_shard("clf", newer, b"second")
+    shards.write_shard("clf", older, b"first")
+    shards.write_shard("other", shard_name(1_500.0, 1), b"x")
+    store.put(".capture/clf/not-a-shard.txt", b"ignored")
+    listed = shards.list("clf")
+    assert [(i.shard, i.records, i.size_bytes) for i in listed] == [(older, 3, 5), (newer, 5, 6)]
+    assert [i.model for i in shards.list()] == ["clf", "other", "clf"]
+    assert shards.read("clf", older) == b"first"
+    assert shards.delete("clf", older) is True
+    assert shards.delete("clf", older) is False
+    with pytest.raises(CaptureNotFoundError):
+        shards.read("clf", older)
+    with pytest.raises(CaptureNotFoundError):
+        shards.read("../x", newer)
