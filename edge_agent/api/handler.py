@@ -25,6 +25,7 @@ from protocols import (
     Limits,
     PayloadTooLargeError,
     ProtocolError,
+    check_request_id,
     decode_request,
     parse_header_length,
 )
@@ -37,7 +38,7 @@ from ..registry import ModelRegistry, ModelState
 from ..reply import ReplyFormat
 from ..router import QueuedResult, Router
 from .answers import encode_answer
-from .queued import REQUESTS_PATH, pending_body, queued_answer
+from .queued import location, pending_body, queued_answer
 from .routes import Endpoint, Route, match_route
 
 __all__ = ["EXTENSIONS", "ApiContext", "ApiHandler"]
@@ -228,6 +229,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             header_length = parse_header_length(self.headers.get(HEADER_LENGTH_HEADER), len(body))
             decoded = decode_request(body, header_length, limits=ctx.limits)
             request = decoded.request
+            if request.id is not None:
+                check_request_id(request.id)
             wanted = [out.name for out in request.outputs] if request.outputs else None
             reply = ReplyFormat.of(request)
         except (ProtocolError, HttpRequestError) as exc:
@@ -274,7 +277,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         self._send_json(
             202,
             pending_body(result.queued, result.model_name),
-            headers={"Location": REQUESTS_PATH + result.request_id},
+            headers={"Location": location(result.request_id)},
         )
 
     def _send_request_state(self, request_id: str) -> None:
