@@ -153,6 +153,10 @@ class OutboxConfig(BaseModel):
     """A queued request not answered within this is dropped (and counted)."""
     answer_ttl_s: float = Field(default=3_600.0, gt=0)
     """An answer is kept this long for the app to fetch, then dropped."""
+    max_failures: int = Field(default=5, ge=1, le=1000)
+    """A request the link fails to send this many times (not a timeout: an error with this
+    message itself) moves to the dead-letter state: not sent again, reported by
+    ``GET /v2/requests/{id}`` and counted, kept for ``answer_ttl_s``."""
     synchronous: Literal["full", "normal"] = "full"
     """SQLite ``synchronous``: ``full`` survives power loss; ``normal`` survives a killed agent
     (not a power cut) and writes faster."""
@@ -185,6 +189,10 @@ class CloudConfig(BaseModel):
     """Cloud requests awaiting an answer at once; more wait for a slot (or count as unavailable)."""
     retry_interval_s: float = Field(default=1.0, gt=0, le=3600)
     """A request not answered within this is sent again with the same id."""
+    payload_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    """The largest request sent to the cloud, as an MQTT message (tensors travel binary);
+    larger ones get 413. Keep it at or under the hub's ``limits.payload_max_bytes`` and the
+    broker's ``message_size_limit``."""
     telemetry_interval_s: float = Field(default=60.0, ge=0, le=86_400)
     """Telemetry period; 0 disables it."""
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)

@@ -297,8 +297,11 @@ class ApiHandler(BaseHTTPRequestHandler):
     def _send_answered(self, queued: QueuedCall) -> None:
         try:
             encoded = queued_answer(queued, self.context.registry.labels)
-        except (AgentError, ProtocolError) as exc:  # the cloud's error, or unrankable output
-            self._send_json(exc.status, {"error": str(exc), "id": queued.request_id})
+        except (AgentError, ProtocolError) as exc:  # the cloud's error, a dead letter's, or
+            # unrankable output
+            self._send_json(
+                exc.status, {"error": str(exc), "id": queued.request_id, "state": queued.state}
+            )
             return
         self._send_encoded(200, encoded)
 
