@@ -332,7 +332,12 @@ class AgentConfig(BaseModel):
     idle_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     """A keep-alive connection idle this long is closed."""
     max_connections: int = Field(default=128, ge=1, le=10_000)
-    """Open connections to the local API (each holds a thread); past it, new ones get 503."""
+    """Open connections to the local API (each holds a thread). When all are taken, the one
+    waiting longest on its client is closed for a new one; 503 only when all run requests."""
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """A request's line and headers must arrive within this of its first byte (else 408)."""
+    body_min_bytes_per_s: int = Field(default=256 * 1024, ge=1)
+    """A body must arrive within ``header_timeout_s`` plus its length at this rate (else 408)."""
     probe_models: bool = True
     """Load each model once in a child process first, so a file that crashes the interpreter
     fails only its own model instead of the agent."""
