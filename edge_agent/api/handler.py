@@ -44,6 +44,7 @@ from protocols import (
 from ..cloud.calls import QueuedCall
 from ..errors import AgentError, HttpRequestError, ModelNotReadyError
 from ..lifecycle import RequestGate
+from ..memory import LARGE_REQUEST_BYTES, release_free_memory
 from ..metrics import UNKNOWN_MODEL, AgentMetrics
 from ..registry import ModelRegistry, ModelState
 from ..reply import ReplyFormat
@@ -128,6 +129,7 @@ class ApiHandler(BaseHTTPRequestHandler):
     context: ApiContext
     _unread_body: bool = False
     _linger: bool = False
+    _body_length: int = 0
 
     def setup(self) -> None:
         self.context = cast(_HasContext, self.server).context
@@ -313,6 +315,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         finally:
             ctx.metrics.in_flight.dec()
             ctx.gate.exit()
+            if self._body_length >= LARGE_REQUEST_BYTES:
+                release_free_memory()  # the body, its arrays and their copies are free now
 
     def _run_infer(self, route: Route, model: str, label: str, start: float) -> None:
         ctx = self.context
@@ -448,6 +452,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         if length > self.context.limits.payload_max_bytes:
             raise self._too_large(length)
         ctx = self.context
+        self._body_length = length
         self._reader.deadline = (
             time.monotonic() + ctx.header_timeout_s + length / ctx.body_min_bytes_per_s
         )

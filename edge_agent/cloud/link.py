@@ -10,7 +10,9 @@
   ``hybrid/v1/{device_id}/infer/response``, Correlation Data = the request id and Message Expiry =
   the time left to the deadline. A request not answered within ``retry_interval_s`` is sent again
   with the same id (the hub answers a repeat from its record), and again on every reconnect,
-  until its deadline. The first answer resolves it; later answers, and answers to ids nobody here
+  until its deadline. The waits double from ``retry_interval_s``
+  (up to ``RETRY_MAX_S``) plus the payload's size at ``RESEND_BYTES_PER_S``, and no copy is sent while the last one is still on its way to the
+  broker (a large message takes a while): a request is published once per attempt. The first answer resolves it; later answers, and answers to ids nobody here
   waits for, go to ``on_unmatched`` (the outbox keeps those it queued; the rest are dropped and
   counted).
 - At most ``max_in_flight`` requests await answers at once.
@@ -67,6 +69,11 @@ STOP_PUBLISH_TIMEOUT_S = 2.0
 TIMER_TICK_S = 0.02
 """Resends and deadlines are handled at most this late; coarser ticks let the timer sleep through
 the stale entries of requests answered since they were scheduled."""
+RETRY_MAX_S = 30.0
+"""The longest wait between two copies of a request (before the size allowance)."""
+RESEND_BYTES_PER_S = 16 * 1024 * 1024
+"""A copy's wait grows by its size at this rate: a large request needs time to reach the hub,
+be decoded, run and come back before another copy could help."""
 WATCHDOG_INTERVAL_S = 1.0
 """How often the watchdog checks that the timer and paho's network thread still run."""
 CORRELATION_MAX_BYTES = 65_535
@@ -178,6 +185,7 @@ class _Pending:
         "callbacks",
         "deadline",
         "first_sent",
+        "info",
         "next_send",
         "payload",
         "scheduled",
@@ -191,6 +199,18 @@ class _Pending:
         self.first_sent = 0.0
         self.next_send = 0.0
         self.scheduled = 0.0
+        self.info: mqtt.MQTTMessageInfo | None = None
+        """The last copy published: while the broker has not acknowledged it, no other goes."""
+
+    def on_its_way(self) -> bool:
+        """The last copy is still being written to the broker (or waits in paho's queue)."""
+        info = self.info
+        if info is None:
+            return False
+        try:
+            return not info.is_published()
+        except (RuntimeError, ValueError):  # it was never queued (not connected, queue full)
+            return False
 
 
 class CloudLink:
@@ -374,7 +394,7 @@ class CloudLink:
             entry = _Pending(payload, deadline, callback)
             entry.first_sent = now
             entry.attempts = 1
-            entry.next_send = now + self._config.retry_interval_s
+            entry.next_send = now + self._backoff(entry, 1)
             self._pending[request_id] = entry
             self._schedule(entry, request_id)
         self._metrics.cloud_in_flight.set(len(self._pending))
@@ -415,7 +435,9 @@ class CloudLink:
                     expiry_s=max(1, math.ceil(entry.deadline - now)),
                     content_type=content_type_of(entry.payload).encode("utf-8"),
                 )
-            self._client.publish(self.request_topic, entry.payload, qos=1, properties=props)
+            entry.info = self._client.publish(
+                self.request_topic, entry.payload, qos=1, properties=props
+            )
         except Exception as exc:
             self._fail(request_id, entry, f"the cloud link could not publish it: {exc}")
 
@@ -533,10 +555,13 @@ class CloudLink:
                         expired.append(entry)
                         continue
                     if now >= entry.next_send:
-                        entry.next_send = now + self._config.retry_interval_s
-                        if self._connected.is_set():
-                            entry.attempts += 1
-                            resend.append((request_id, entry))
+                        if entry.on_its_way():  # not even at the broker yet: look again soon
+                            entry.next_send = now + self._config.retry_interval_s
+                        else:
+                            entry.next_send = now + self._backoff(entry, entry.attempts + 1)
+                            if self._connected.is_set():
+                                entry.attempts += 1
+                                resend.append((request_id, entry))
                     self._schedule(entry, request_id)
                 if not resend and not expired:
                     if self._timeline:
@@ -616,13 +641,22 @@ class CloudLink:
         now = self._clock()
         with self._cond:
             pending = list(self._pending.items())
-            for request_id, entry in pending:
+            # paho sends unacknowledged copies again itself on a resumed session; only the
+            # others go again here.
+            resend = [(rid, entry) for rid, entry in pending if not entry.on_its_way()]
+            for request_id, entry in resend:
                 entry.attempts += 1
-                entry.next_send = now + self._config.retry_interval_s
+                entry.next_send = now + self._backoff(entry, entry.attempts)
                 self._schedule(entry, request_id)
-        for request_id, entry in pending:
+        for request_id, entry in resend:
             self._metrics.cloud_retries.inc()
             self._send(request_id, entry, now)
+
+    def _backoff(self, entry: _Pending, attempts: int) -> float:
+        """The wait after the ``attempts``-th copy: ``retry_interval_s`` doubled per copy,
+        plus the time a copy of this size needs (``RESEND_BYTES_PER_S``)."""
+        base = min(self._config.retry_interval_s * 2 ** max(attempts - 1, 0), RETRY_MAX_S)
+        return float(base + len(entry.payload) / RESEND_BYTES_PER_S)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         logger.debug("cloud link: connecting to the broker failed; retrying")

@@ -375,6 +375,8 @@ def test_the_watchdog_restarts_a_dead_network_thread(
         lambda: metric(gateway, "edge_agent_cloud_link_restarts_total", thread="network") >= 1,
         "the watchdog to restart paho's thread",
     )
+    link._client.on_subscribe = None
+    assert link.wait_connected(10)
     result = gateway.infer(call("after-restart", 5.0))
     np.testing.assert_array_equal(result.outputs["y"], np.full((1, 3), 6.0))
     assert link.health()["thread_restarts"] >= 1
@@ -405,3 +407,35 @@ def test_a_queued_request_that_keeps_failing_becomes_a_dead_letter(
     assert detail["outbox"]["dead"] == 1
     assert detail["outbox"]["requests"] == 0
     assert responder.copies[bad] == 0  # never published
+
+
+def test_copies_of_an_unanswered_request_back_off(
+    make_gateway: Callable[..., CloudGateway], responder: Responder
+) -> None:
+    """retry_interval_s 0.2 and a 3 s deadline: copies at 0, 0.2, 0.6, 1.4 and 3.0 s at most,
+    not one every 0.2 s (15)."""
+    responder.mode = "silent"
+    gateway = make_gateway()
+    with pytest.raises(CloudTimeoutError):
+        gateway.infer(call("backoff-1", deadline_s=3.0))
+    assert 3 <= responder.copies["backoff-1"] <= 5
+
+
+def test_a_large_request_is_not_sent_again_while_its_copy_is_on_its_way(
+    make_gateway: Callable[..., CloudGateway], responder: Responder
+) -> None:
+    """A 48 MB request takes longer to reach the broker, and the hub to answer, than
+    retry_interval_s (0.05 s here): its copies wait for its size too, so the hub sees it about
+    once, not once every 0.05 s."""
+    gateway = make_gateway(retry_interval_s=0.05)
+    big = CloudCall(
+        request_id="big-1",
+        model="m",
+        version=None,
+        inputs={"x": np.ones((4_000_000, 3), np.float32)},
+        outputs=None,
+        deadline_s=20.0,
+    )
+    result = gateway.infer(big)
+    assert result.outputs["y"].shape == (4_000_000, 3)
+    assert responder.copies["big-1"] <= 2
