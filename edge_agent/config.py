@@ -189,6 +189,10 @@ class CloudConfig(BaseModel):
     """Cloud requests awaiting an answer at once; more wait for a slot (or count as unavailable)."""
     retry_interval_s: float = Field(default=1.0, gt=0, le=3600)
     """A request not answered within this is sent again with the same id."""
+    silent_wait_s: float | None = Field(default=None, gt=0, le=3600)
+    """When set: once requests have waited this long with no answer from the cloud (it has just
+    gone silent), new requests wait at most this long instead of their ``deadline_s`` before
+    the policy answers locally (or queues, or fails)."""
     payload_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     """The largest request sent to the cloud, as an MQTT message (tensors travel binary);
     larger ones get 413. Keep it at or under the hub's ``limits.payload_max_bytes`` and the

@@ -89,7 +89,7 @@ from .manifest import (
     ValidationReport,
     canonical_json,
 )
-from .messages import DeviceState, DeviceStatus, Telemetry
+from .messages import DeviceState, DeviceStatus, HubStatus, Telemetry
 from .names import (
     ARTIFACT_FILES,
     MODEL_NAME,
@@ -114,9 +114,12 @@ from .oip import (
     TensorMetadata,
 )
 from .topics import (
+    HUB_STATUS_SUBSCRIPTION,
     Topic,
     TopicKind,
     fleet_models_topic,
+    hub_id_of,
+    hub_status_topic,
     infer_request_topic,
     infer_response_topic,
     parse_topic,
@@ -140,6 +143,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "FRAME_MAGIC",
     "HEADER_LENGTH_HEADER",
+    "HUB_STATUS_SUBSCRIPTION",
     "MANIFEST_FILENAME",
     "MANIFEST_SCHEMA_VERSION",
     "MODEL_NAME",
@@ -163,6 +167,7 @@ __all__ = [
     "DeviceStatus",
     "EncodedBody",
     "ErrorResponse",
+    "HubStatus",
     "InferenceRequest",
     "InferenceResponse",
     "KeySignature",
@@ -218,6 +223,8 @@ __all__ = [
     "encode_request",
     "encode_response",
     "fleet_models_topic",
+    "hub_id_of",
+    "hub_status_topic",
     "infer_request_topic",
     "infer_response_topic",
     "is_model_name",

@@ -126,6 +126,7 @@ class CloudGateway:
             will_payload=will.encode("utf-8"),
             on_connect=self._connected,
             on_unmatched=self._unmatched,
+            on_hubs=self._hubs_changed,
             clock=self._clock,
         )
         self._delivery = Delivery(
@@ -187,15 +188,19 @@ class CloudGateway:
                 f"for up to {self.config.breaker.cooldown_s:g} s"
             )
         start = self._clock()
+        wait_s = call.deadline_s
+        silent_wait_s = self.config.silent_wait_s
+        if silent_wait_s is not None and link.silent_for_s() >= silent_wait_s:
+            wait_s = min(wait_s, silent_wait_s)  # the cloud has just gone silent
         waiter = _Waiter()
         try:
             payload = self._encode(call)
             link.submit(
                 call.request_id,
                 payload,
-                deadline=start + call.deadline_s,
+                deadline=start + wait_s,
                 callback=waiter,
-                slot_wait_s=call.deadline_s,
+                slot_wait_s=wait_s,
             )
         except CloudUnavailableError:
             self.breaker.release()
@@ -208,7 +213,7 @@ class CloudGateway:
         except BaseException:
             self.breaker.release()
             raise
-        answer = waiter.wait(call.deadline_s + _WAIT_GRACE_S)
+        answer = waiter.wait(wait_s + _WAIT_GRACE_S)
         if isinstance(answer, CloudFailure):  # this request alone; says nothing of the cloud
             self.breaker.release()
             self._outcome["error"].inc()
@@ -217,7 +222,7 @@ class CloudGateway:
             self.breaker.record_failure()
             self._outcome["timeout"].inc()
             raise CloudTimeoutError(
-                f"the cloud did not answer for {call.model!r} within {call.deadline_s:g} s"
+                f"the cloud did not answer for {call.model!r} within {wait_s:g} s"
             )
         self.breaker.record_success()
         self._metrics.cloud_round_trip_seconds.observe(answer.round_trip_s)
@@ -266,6 +271,7 @@ class CloudGateway:
             "connected": bool(link and link.connected),
             "breaker": self.breaker.state.value,
             "in_flight": link.in_flight if link else 0,
+            "hubs_online": link.hubs_online if link else None,
         }
         if link is not None:
             detail.update(link.health())
@@ -308,6 +314,19 @@ class CloudGateway:
             self._delivery.on_unmatched(request_id, payload)
         else:
             self._metrics.cloud_answers_dropped.labels(reason="unknown").inc()
+
+    def _hubs_changed(self, online: bool | None) -> None:
+        """A hub's retained status: back online closes the breaker at once (no cooldown, no
+        probe); every hub offline opens it and ends the waits nobody will answer."""
+        self._metrics.hub_online.set(-1 if online is None else int(online))
+        if online:
+            self.breaker.reset()
+        elif online is False:
+            self.breaker.trip()
+            if self.link is not None:
+                self.link.abandon_pending()
+        if self._delivery is not None:
+            self._delivery.wake()
 
     def _breaker_changed(self, state: BreakerState) -> None:
         self._metrics.cloud_breaker_state.set(state.gauge)

@@ -54,7 +54,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from protocols import content_type_of, infer_request_topic, infer_response_topic, status_topic
+from protocols import (
+    HUB_STATUS_SUBSCRIPTION,
+    DeviceState,
+    HubStatus,
+    content_type_of,
+    hub_id_of,
+    infer_request_topic,
+    infer_response_topic,
+    status_topic,
+)
 from protocols.envelope import split_frame
 
 from ..config import CloudConfig
@@ -223,6 +232,7 @@ class CloudLink:
         will_payload: bytes,
         on_connect: Callable[[], None],
         on_unmatched: Callable[[str, bytes], None],
+        on_hubs: Callable[[bool | None], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
@@ -230,6 +240,9 @@ class CloudLink:
         self._clock = clock
         self._on_connect_cb = on_connect
         self._on_unmatched = on_unmatched
+        self._on_hubs = on_hubs
+        self._hubs: dict[str, bool] = {}
+        """Each hub's retained status: online or not."""
         self.request_topic = infer_request_topic(device_id)
         self.response_topic = infer_response_topic(device_id)
         self.status_topic = status_topic(device_id)
@@ -245,6 +258,7 @@ class CloudLink:
         self._watchdog: threading.Thread | None = None
         self._network: threading.Thread | None = None
         self._last_answer_at: float | None = None
+        self._last_answer_mono = 0.0
         self._last_round_trip_s: float | None = None
         self._errors = 0
         self._restarts = 0
@@ -626,6 +640,8 @@ class CloudLink:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Subscribe before anything is sent again, so that no answer comes before it.
         client.subscribe(self.response_topic, qos=1)
+        if self._on_hubs is not None:
+            client.subscribe(HUB_STATUS_SUBSCRIPTION, qos=1)
         for topic in list(self._subscriptions):
             client.subscribe(topic, qos=1)
         self._connected.set()
@@ -658,6 +674,18 @@ class CloudLink:
         base = min(self._config.retry_interval_s * 2 ** max(attempts - 1, 0), RETRY_MAX_S)
         return float(base + len(entry.payload) / RESEND_BYTES_PER_S)
 
+    def abandon_pending(self) -> int:
+        """End every request awaiting an answer now, as if its deadline had passed (every hub
+        is known to be gone: nobody will answer). Returns how many."""
+        with self._cond:
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for entry in pending:
+            self._slots.release()
+            self._finish(entry, None)
+        self._metrics.cloud_in_flight.set(0)
+        return len(pending)
+
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         logger.debug("cloud link: connecting to the broker failed; retrying")
 
@@ -687,8 +715,43 @@ class CloudLink:
                 )
         self._last_paho_error = None
 
+    def silent_for_s(self) -> float:
+        """How long requests have waited with no answer from the cloud: since the later of
+        the oldest pending request's first send and the last answer; 0 with nothing pending."""
+        with self._cond:
+            if not self._pending:
+                return 0.0
+            oldest = min(entry.first_sent for entry in self._pending.values())
+        return max(0.0, self._clock() - max(oldest, self._last_answer_mono))
+
+    @property
+    def hubs_online(self) -> bool | None:
+        """Whether any hub's retained status says online; ``None`` when no hub publishes one."""
+        if not self._hubs:
+            return None
+        return any(self._hubs.values())
+
+    def _hub_status(self, hub_id: str, payload: bytes) -> None:
+        before = self.hubs_online
+        if not payload:  # the retained status was cleared
+            self._hubs.pop(hub_id, None)
+        else:
+            status = HubStatus.model_validate_json(payload)
+            self._hubs[hub_id] = status.state is DeviceState.ONLINE
+        after = self.hubs_online
+        if after != before and self._on_hubs is not None:
+            logger.info(
+                "cloud hubs %s",
+                "online" if after else "offline" if after is False else "publish no status",
+            )
+            self._on_hubs(after)
+
     @_guarded("message")
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        hub_id = hub_id_of(message.topic)
+        if hub_id is not None:
+            self._hub_status(hub_id, bytes(message.payload))
+            return
         if message.topic != self.response_topic:
             handler = self._subscriptions.get(message.topic)
             if handler is not None:
@@ -730,6 +793,7 @@ class CloudLink:
 
     def _answered(self, round_trip_s: float) -> None:
         now = time.time()
+        self._last_answer_mono = self._clock()
         self._last_answer_at = now
         self._last_round_trip_s = round_trip_s
         self._metrics.cloud_last_answer.set(now)

@@ -398,7 +398,10 @@ def test_a_queued_request_that_keeps_failing_becomes_a_dead_letter(
     assert queued.answered
     assert isinstance(queued.error, CloudLinkError)
     assert "Correlation Data" in str(queued.error)
-    assert metric(gateway, "edge_agent_outbox_dead_letters_total") == 1
+    wait_until(
+        lambda: metric(gateway, "edge_agent_outbox_dead_letters_total") == 1,
+        "the dead letter count",
+    )
     wait_until(
         lambda: (good := gateway.lookup("good-1")) is not None and good.answer is not None,
         "the good request to be answered meanwhile",
