@@ -17,11 +17,16 @@ and never stops the bridge.
     message -> topic and Response Topic checks -> device's token bucket (429 + retry_after_s)
             -> decode -> record: (device, id, digest) seen? -> answer or join the run
             -> wait for a place, in turn per device -> model -> settle (final: keep) -> publish
+
+Status: the hub's retained ``HubStatus`` on ``hybrid/v1/fleet/hubs/{client_id}/status`` is
+``online`` on every connect and ``offline`` from its Last Will or a clean stop, so agents learn
+at once that it went away or came back instead of waiting out their deadlines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -42,12 +47,15 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from protocols import (
     DecodedRequest,
+    DeviceState,
+    HubStatus,
     ProtocolError,
     TopicKind,
     content_type_of,
     decode_mqtt_request,
     encode_mqtt_error,
     encode_mqtt_response,
+    hub_status_topic,
     infer_response_topic,
     parse_topic,
     request_subscription,
@@ -200,6 +208,18 @@ class MqttBridge:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        # Agents watch this retained status: online on every connect, offline from the Last
+        # Will (the broker publishes it the moment the hub's connection dies) or a clean stop.
+        self._hub_id = client_id
+        self.status_topic = hub_status_topic(client_id)
+        self._client.will_set(self.status_topic, self._hub_status(DeviceState.OFFLINE), 1, True)
+
+    def _hub_status(self, state: DeviceState) -> bytes:
+        return (
+            HubStatus(hub_id=self._hub_id, state=state, timestamp_s=time.time())
+            .model_dump_json(exclude_none=True)
+            .encode("utf-8")
+        )
 
     @property
     def connected(self) -> bool:
@@ -232,6 +252,12 @@ class MqttBridge:
             self._client.unsubscribe(self._subscription())
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=drain_timeout_s)
+        if self._connected.is_set():
+            info = self._client.publish(
+                self.status_topic, self._hub_status(DeviceState.OFFLINE), qos=1, retain=True
+            )
+            with contextlib.suppress(RuntimeError, ValueError):
+                await asyncio.to_thread(info.wait_for_publish, 2.0)
         self._client.disconnect()
         self._client.loop_stop()
         self._metrics.connected.set(0)
@@ -284,6 +310,7 @@ class MqttBridge:
             retained = list(self._retained.items())
         for topic, payload in retained:
             client.publish(topic, payload, qos=1, retain=True)
+        client.publish(self.status_topic, self._hub_status(DeviceState.ONLINE), qos=1, retain=True)
         self._connected.set()
         self._metrics.connected.set(1)
         logger.info("MQTT bridge connected; subscribed to %s", self._subscription())

@@ -16,6 +16,7 @@
     api/           the local Open Inference Protocol v2 HTTP API (standard library server)
     metrics.py     Prometheus metrics in the agent's own registry
     lifecycle.py   the request gate that drains in-flight requests on SIGTERM
+    memory.py      malloc_trim after a large request, so resident memory goes back down
     systemd.py     sd_notify (READY=1, STOPPING=1) for a Type=notify unit
     agent.py       Agent: start/stop, run(config), check(config)
     client.py      EdgeClient: a small keep-alive HTTP client for apps on the device

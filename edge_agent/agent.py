@@ -228,6 +228,8 @@ class Agent:
             status=self.status,
             idle_timeout_s=self.config.idle_timeout_s,
             max_connections=self.config.max_connections,
+            header_timeout_s=self.config.header_timeout_s,
+            body_min_bytes_per_s=self.config.body_min_bytes_per_s,
         )
 
     def _prepare_data_dir(self) -> None:

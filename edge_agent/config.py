@@ -153,6 +153,10 @@ class OutboxConfig(BaseModel):
     """A queued request not answered within this is dropped (and counted)."""
     answer_ttl_s: float = Field(default=3_600.0, gt=0)
     """An answer is kept this long for the app to fetch, then dropped."""
+    max_failures: int = Field(default=5, ge=1, le=1000)
+    """A request the link fails to send this many times (not a timeout: an error with this
+    message itself) moves to the dead-letter state: not sent again, reported by
+    ``GET /v2/requests/{id}`` and counted, kept for ``answer_ttl_s``."""
     synchronous: Literal["full", "normal"] = "full"
     """SQLite ``synchronous``: ``full`` survives power loss; ``normal`` survives a killed agent
     (not a power cut) and writes faster."""
@@ -185,6 +189,14 @@ class CloudConfig(BaseModel):
     """Cloud requests awaiting an answer at once; more wait for a slot (or count as unavailable)."""
     retry_interval_s: float = Field(default=1.0, gt=0, le=3600)
     """A request not answered within this is sent again with the same id."""
+    silent_wait_s: float | None = Field(default=None, gt=0, le=3600)
+    """When set: once requests have waited this long with no answer from the cloud (it has just
+    gone silent), new requests wait at most this long instead of their ``deadline_s`` before
+    the policy answers locally (or queues, or fails)."""
+    payload_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    """The largest request sent to the cloud, as an MQTT message (tensors travel binary);
+    larger ones get 413. Keep it at or under the hub's ``limits.payload_max_bytes`` and the
+    broker's ``message_size_limit``."""
     telemetry_interval_s: float = Field(default=60.0, ge=0, le=86_400)
     """Telemetry period; 0 disables it."""
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
@@ -324,7 +336,12 @@ class AgentConfig(BaseModel):
     idle_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     """A keep-alive connection idle this long is closed."""
     max_connections: int = Field(default=128, ge=1, le=10_000)
-    """Open connections to the local API (each holds a thread); past it, new ones get 503."""
+    """Open connections to the local API (each holds a thread). When all are taken, the one
+    waiting longest on its client is closed for a new one; 503 only when all run requests."""
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """A request's line and headers must arrive within this of its first byte (else 408)."""
+    body_min_bytes_per_s: int = Field(default=256 * 1024, ge=1)
+    """A body must arrive within ``header_timeout_s`` plus its length at this rate (else 408)."""
     probe_models: bool = True
     """Load each model once in a child process first, so a file that crashes the interpreter
     fails only its own model instead of the agent."""

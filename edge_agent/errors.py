@@ -24,6 +24,10 @@ known failure; the original stays on ``__cause__``.
      ├── CloudTimeoutError           the cloud did not answer within the request's deadline
      │                               (504, cloud_timeout)
      ├── CloudRequestError           the cloud answered ``{"error": ...}`` (502, cloud_error)
+     ├── CloudPayloadTooLargeError   a request bound for the cloud is larger, as an MQTT message,
+     │                               than ``cloud.payload_max_bytes`` (413, too_large)
+     ├── CloudLinkError              the cloud link failed this one request: it could not be
+     │                               sent, or it kept failing in the outbox (500, cloud_link)
      ├── HttpRequestError            an HTTP request the local API cannot route or read (404, 405, 411)
      └── ClientError                 raised by :class:`edge_agent.client.EdgeClient`
           ├── ResponseError          the agent answered ``{"error": ...}``; carries the status
@@ -38,6 +42,8 @@ from typing import ClassVar
 __all__ = [
     "AgentError",
     "ClientError",
+    "CloudLinkError",
+    "CloudPayloadTooLargeError",
     "CloudRequestError",
     "CloudTimeoutError",
     "CloudUnavailableError",
@@ -115,6 +121,23 @@ class CloudTimeoutError(AgentError):
 
     status = 504
     kind = "cloud_timeout"
+
+
+class CloudPayloadTooLargeError(AgentError):
+    """A request that must go to the cloud is larger, as an MQTT message, than the cloud takes
+    (``cloud.payload_max_bytes``); refused whatever ``on_cloud_unavailable`` says, as retrying or
+    queueing cannot make it fit."""
+
+    status = 413
+    kind = "too_large"
+
+
+class CloudLinkError(AgentError):
+    """The cloud link failed this request alone (it could not be published, or a callback of
+    the link failed on it); other requests and the link go on. Logged with the request's id."""
+
+    status = 500
+    kind = "cloud_link"
 
 
 class CloudRequestError(AgentError):

@@ -161,6 +161,38 @@ class AgentMetrics:
         self.cloud_disconnects = Counter(
             "edge_agent_cloud_disconnects", "Times the cloud link lost the broker.", registry=r
         )
+        self.cloud_link_errors = Counter(
+            "edge_agent_cloud_link_errors",
+            "Exceptions caught in the cloud link, by where (send, timer, connect, message, "
+            "callback): each failed one request at most, never the link.",
+            ["where"],
+            registry=r,
+        )
+        self.cloud_link_restarts = Counter(
+            "edge_agent_cloud_link_restarts",
+            "Cloud link threads the watchdog found dead and started again, by thread "
+            "(network, timer).",
+            ["thread"],
+            registry=r,
+        )
+        self.cloud_last_answer = Gauge(
+            "edge_agent_cloud_last_answer_timestamp_seconds",
+            "Unix time of the last answer the cloud link received (0: none yet); its age is "
+            "the link's real health, whatever the connection state says.",
+            registry=r,
+        )
+        self.cloud_last_round_trip = Gauge(
+            "edge_agent_cloud_last_round_trip_seconds",
+            "Round trip of the last answered cloud request.",
+            registry=r,
+        )
+        self.hub_online = Gauge(
+            "edge_agent_cloud_hub_online",
+            "1 while a hub's retained status on the broker says online, 0 when its Last Will "
+            "says offline, -1 when no hub publishes a status.",
+            registry=r,
+        )
+        self.hub_online.set(-1)
         self.cloud_breaker_state = Gauge(
             "edge_agent_cloud_breaker_state",
             "The cloud circuit breaker: 0 closed, 1 half-open, 2 open.",
@@ -168,7 +200,8 @@ class AgentMetrics:
         )
         self.outbox_depth = Gauge(
             "edge_agent_outbox_depth",
-            "Outbox rows: request (waiting for the cloud), answer (kept for the app), telemetry.",
+            "Outbox rows: request (waiting for the cloud), answer (kept for the app), dead "
+            "(failed max_failures times; kept for the app to see), telemetry.",
             ["kind"],
             registry=r,
         )
@@ -177,6 +210,12 @@ class AgentMetrics:
             "What the outbox policy dropped, by kind (request, answer, telemetry) and reason "
             "(full, expired).",
             ["kind", "reason"],
+            registry=r,
+        )
+        self.outbox_dead_letters = Counter(
+            "edge_agent_outbox_dead_letters",
+            "Queued requests moved to the dead-letter state after failing max_failures times "
+            "in the link; GET /v2/requests/{id} reports them, /status counts them.",
             registry=r,
         )
         self.outbox_delivered = Counter(

@@ -523,6 +523,15 @@ def _check_shape_limits(shape: Sequence[int], limits: Limits) -> int:
         raise LimitExceededError(
             f"shape has {len(shape)} dimensions; the limit is {limits.tensor_max_dims}"
         )
+    # Checked per dimension too: with a zero elsewhere the product passes, but numpy cannot
+    # build a dimension past its index range (and a shape is never meant to hold one).
+    largest = max(shape, default=0)
+    if largest > limits.tensor_max_elements:
+        i = shape.index(largest)
+        raise LimitExceededError(
+            f"dimension {i} is {largest}; the limit is {limits.tensor_max_elements} "
+            "(tensor_max_elements)"
+        )
     count = math.prod(shape)
     if count > limits.tensor_max_elements:
         raise LimitExceededError(

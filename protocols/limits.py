@@ -20,7 +20,8 @@ class Limits:
     header_max_bytes: int = 16 * 1024 * 1024
     """The JSON part of a message (all of it for plain JSON)."""
     tensor_max_elements: int = 1 << 26
-    """Elements in one tensor (the product of its shape)."""
+    """Elements in one tensor (the product of its shape), and so the largest dimension of any
+    shape, even one with a zero elsewhere."""
     tensor_max_dims: int = 16
     """Dimensions in one shape."""
     bytes_element_max_bytes: int = 16 * 1024 * 1024

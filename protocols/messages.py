@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from .topics import validate_device_id
 
-__all__ = ["DeviceState", "DeviceStatus", "Telemetry"]
+__all__ = ["DeviceState", "DeviceStatus", "HubStatus", "Telemetry"]
 
 
 class DeviceState(str, enum.Enum):
@@ -50,3 +50,14 @@ class Telemetry(_DeviceMessage):
     interval_s: float | None = None
     counters: dict[str, float] = Field(default_factory=dict)
     gauges: dict[str, float] = Field(default_factory=dict)
+
+
+class HubStatus(BaseModel):
+    """Retained on ``hybrid/v1/fleet/hubs/{hub_id}/status``: ``online`` on every connect, and
+    ``offline`` from the hub's Last Will or on a clean stop."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    hub_id: StrictStr
+    state: DeviceState
+    timestamp_s: float | None = None

@@ -12,6 +12,7 @@ Hubs subscribe with :func:`shared_request_subscription` so that replicas share t
 from __future__ import annotations
 
 import enum
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -20,10 +21,13 @@ from .errors import DeviceIdError, TopicError
 __all__ = [
     "DEVICE_ID_MAX_CHARS",
     "FLEET",
+    "HUB_STATUS_SUBSCRIPTION",
     "TOPIC_PREFIX",
     "Topic",
     "TopicKind",
     "fleet_models_topic",
+    "hub_id_of",
+    "hub_status_topic",
     "infer_request_topic",
     "infer_response_topic",
     "parse_topic",
@@ -38,6 +42,9 @@ TOPIC_PREFIX = "hybrid/v1"
 FLEET = "fleet"
 DEVICE_ID_MAX_CHARS = 64
 DEFAULT_SHARE_GROUP = "hybrid-hub"
+HUB_STATUS_SUBSCRIPTION = f"{TOPIC_PREFIX}/{FLEET}/hubs/+/status"
+"""Every hub's retained status (``online``; its Last Will sets ``offline``): agents subscribe to
+learn at once that the cloud went away or came back."""
 
 
 class TopicKind(str, enum.Enum):
@@ -116,6 +123,22 @@ def telemetry_topic(device_id: str) -> str:
 def fleet_models_topic(device_class: str) -> str:
     validate_device_id(device_class, what="device class")
     return f"{TOPIC_PREFIX}/{FLEET}/{device_class}/{TopicKind.FLEET_MODELS.value}"
+
+
+def hub_status_topic(hub_id: str) -> str:
+    """``hybrid/v1/fleet/hubs/{hub_id}/status``, ``hub_id`` reduced to ``A-Z a-z 0-9 _ . -``."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", hub_id)[:128] or "hub"
+    return f"{TOPIC_PREFIX}/{FLEET}/hubs/{safe}/status"
+
+
+def hub_id_of(topic: str) -> str | None:
+    """The hub id of a hub status topic; ``None`` for any other topic."""
+    prefix, suffix = f"{TOPIC_PREFIX}/{FLEET}/hubs/", "/status"
+    if topic.startswith(prefix) and topic.endswith(suffix):
+        hub_id = topic[len(prefix) : -len(suffix)]
+        if hub_id and "/" not in hub_id:
+            return hub_id
+    return None
 
 
 def request_subscription() -> str:

@@ -1,5 +1,14 @@
 """The local API's HTTP/1.1 handler (standard library only: no web framework on the device).
 
+Hardened against hostile and slow clients: the request line and headers must arrive within
+``header_timeout_s`` of the first byte, a body within ``header_timeout_s`` plus its length at
+``body_min_bytes_per_s``; a connection waiting for a request, its headers or its body can be
+closed to make room for a new one (:mod:`.server`), so slow clients cannot hold every slot.
+Every status, those of the HTTP layer too (400, 408, 413, 414, 431, 505), is answered with
+``{"error": ...}``; any method on a known route that is not its own is a 405; conflicting or
+repeated ``Content-Length`` headers, and ``Content-Length`` together with ``Transfer-Encoding``,
+are a 400 (RFC 9112 section 6.3). A client that goes away is logged at debug level.
+
 Connections are kept alive. Every answer is written with one ``write`` (headers and body
 together) and ``TCP_NODELAY`` set, so small answers do not wait on Nagle's algorithm. A body is
 refused by its ``Content-Length`` before it is read (413); after any answer sent without reading
@@ -8,7 +17,9 @@ the request's body, the connection is closed so the unread bytes are never taken
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import io
 import json
 import logging
 import socket
@@ -25,6 +36,7 @@ from protocols import (
     Limits,
     PayloadTooLargeError,
     ProtocolError,
+    check_request_id,
     decode_request,
     parse_header_length,
 )
@@ -32,12 +44,13 @@ from protocols import (
 from ..cloud.calls import QueuedCall
 from ..errors import AgentError, HttpRequestError, ModelNotReadyError
 from ..lifecycle import RequestGate
+from ..memory import LARGE_REQUEST_BYTES, release_free_memory
 from ..metrics import UNKNOWN_MODEL, AgentMetrics
 from ..registry import ModelRegistry, ModelState
 from ..reply import ReplyFormat
 from ..router import QueuedResult, Router
 from .answers import encode_answer
-from .queued import REQUESTS_PATH, pending_body, queued_answer
+from .queued import location, pending_body, queued_answer
 from .routes import Endpoint, Route, match_route
 
 __all__ = ["EXTENSIONS", "ApiContext", "ApiHandler"]
@@ -66,6 +79,27 @@ class ApiContext:
     status: Callable[[], dict[str, Any]]
     idle_timeout_s: float
     max_connections: int
+    header_timeout_s: float = 10.0
+    body_min_bytes_per_s: int = 256 * 1024
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads, each bounded by the time left to ``deadline`` (monotonic): a
+    client sending one byte now and then cannot stretch a request past it (``TimeoutError``)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.deadline = float("inf")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request's deadline passed")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
 
 
 class _HasContext(Protocol):
@@ -95,30 +129,86 @@ class ApiHandler(BaseHTTPRequestHandler):
     context: ApiContext
     _unread_body: bool = False
     _linger: bool = False
+    _body_length: int = 0
 
     def setup(self) -> None:
         self.context = cast(_HasContext, self.server).context
         super().setup()
-        self.connection.settimeout(self.context.idle_timeout_s)  # idle keep-alive connections
         if self.connection.family in (socket.AF_INET, socket.AF_INET6):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._reader = _DeadlineReader(self.connection)
+        self._buffered = io.BufferedReader(self._reader, 64 * 1024)
+        self.rfile = self._buffered
+
+    def _waiting(self, waiting: bool) -> None:
+        """Tell the server whether this connection waits on its client (it may then be closed
+        to make room) or runs a request (it may not)."""
+        mark = getattr(self.server, "mark_waiting", None)
+        if mark is not None:
+            mark(self.connection, waiting)
+
+    def handle_one_request(self) -> None:
+        """One request: the first byte within ``idle_timeout_s``, the request line and headers
+        within ``header_timeout_s`` of it; then any method is dispatched (405 on a known route
+        that does not take it)."""
+        ctx = self.context
+        self._waiting(True)
+        self._reader.deadline = time.monotonic() + ctx.idle_timeout_s
+        try:
+            if not self._buffered.peek(1):
+                self.close_connection = True
+                return
+        except OSError:  # idle past the timeout, reset, or closed to make room
+            self.close_connection = True
+            return
+        self._reader.deadline = time.monotonic() + ctx.header_timeout_s
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.requestline = ""
+                self.request_version = ""
+                self.command = ""
+                self.send_error(414)
+                return
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():
+                return
+        except TimeoutError:
+            self._timed_out("the request line and headers")
+            return
+        except OSError:
+            self.close_connection = True
+            return
+        self._dispatch()
+        self._waiting(True)
+
+    def _timed_out(self, what: str) -> None:
+        self.close_connection = True
+        if not hasattr(self, "command") or self.command is None:
+            self.command = ""
+            self.request_version = "HTTP/1.1"
+            self.requestline = ""
+        with contextlib.suppress(OSError):
+            self._send_json(
+                408,
+                {"error": f"{what} did not arrive within the agent's deadline"},
+                close=True,
+            )
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The HTTP layer's own errors (400, 414, 431, 505...) as ``{"error": ...}``; the
+        connection is closed, as the rest of what the client sent cannot be trusted."""
+        text = message or HTTPStatus(code).description or HTTPStatus(code).phrase
+        if not getattr(self, "request_version", None):
+            self.request_version = "HTTP/1.1"
+        try:
+            self._send_json(code, {"error": text}, close=True)
+        except OSError:
+            self.close_connection = True
 
     # -- dispatch ---------------------------------------------------------------------------
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def do_PATCH(self) -> None:
-        self._dispatch()
 
     def handle_expect_100(self) -> bool:
         """Refuse an oversized body before the client sends it (curl waits for 100 Continue)."""
@@ -136,7 +226,10 @@ class ApiHandler(BaseHTTPRequestHandler):
         self._unread_body = "Transfer-Encoding" in self.headers or self.headers.get(
             "Content-Length", "0"
         ).strip() not in ("", "0")
+        if not self._unread_body:
+            self._waiting(False)
         try:
+            self._check_framing()
             route = match_route(self.command, self.path)
             if route.endpoint is Endpoint.INFER:
                 self._infer(route)
@@ -151,8 +244,10 @@ class ApiHandler(BaseHTTPRequestHandler):
             self._send_json(exc.status, {"error": str(exc)}, headers=exc.headers)
         except (AgentError, ProtocolError) as exc:
             self._send_json(exc.status, {"error": str(exc)})
-        except _ClientGoneError:
+        except (_ClientGoneError, ConnectionError):
             self.close_connection = True
+        except TimeoutError:
+            self._timed_out("the request body")
         except Exception:
             logger.exception("internal error on %s %s", self.command, self.path)
             self._send_json(500, {"error": "internal error; the agent's log has the details"})
@@ -220,6 +315,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         finally:
             ctx.metrics.in_flight.dec()
             ctx.gate.exit()
+            if self._body_length >= LARGE_REQUEST_BYTES:
+                release_free_memory()  # the body, its arrays and their copies are free now
 
     def _run_infer(self, route: Route, model: str, label: str, start: float) -> None:
         ctx = self.context
@@ -228,6 +325,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             header_length = parse_header_length(self.headers.get(HEADER_LENGTH_HEADER), len(body))
             decoded = decode_request(body, header_length, limits=ctx.limits)
             request = decoded.request
+            if request.id is not None:
+                check_request_id(request.id)
             wanted = [out.name for out in request.outputs] if request.outputs else None
             reply = ReplyFormat.of(request)
         except (ProtocolError, HttpRequestError) as exc:
@@ -274,7 +373,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         self._send_json(
             202,
             pending_body(result.queued, result.model_name),
-            headers={"Location": REQUESTS_PATH + result.request_id},
+            headers={"Location": location(result.request_id)},
         )
 
     def _send_request_state(self, request_id: str) -> None:
@@ -294,8 +393,11 @@ class ApiHandler(BaseHTTPRequestHandler):
     def _send_answered(self, queued: QueuedCall) -> None:
         try:
             encoded = queued_answer(queued, self.context.registry.labels)
-        except (AgentError, ProtocolError) as exc:  # the cloud's error, or unrankable output
-            self._send_json(exc.status, {"error": str(exc), "id": queued.request_id})
+        except (AgentError, ProtocolError) as exc:  # the cloud's error, a dead letter's, or
+            # unrankable output
+            self._send_json(
+                exc.status, {"error": str(exc), "id": queued.request_id, "state": queued.state}
+            )
             return
         self._send_encoded(200, encoded)
 
@@ -310,12 +412,28 @@ class ApiHandler(BaseHTTPRequestHandler):
             headers=headers,
         )
 
+    def _check_framing(self) -> None:
+        """RFC 9112 section 6.3: one message length, stated once (request smuggling hides in
+        the alternatives)."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) > 1:
+            self.close_connection = True
+            raise HttpRequestError("more than one Content-Length header", status=400)
+        if lengths and "Transfer-Encoding" in self.headers:
+            self.close_connection = True
+            raise HttpRequestError(
+                "Content-Length and Transfer-Encoding together; send one of them", status=400
+            )
+        if lengths:
+            self._declared_length()
+
     def _declared_length(self) -> int | None:
         raw = self.headers.get("Content-Length")
         if raw is None:
             return None
         text = raw.strip()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
+            self.close_connection = True
             raise HttpRequestError(f"Content-Length must be an integer, got {raw!r}", status=400)
         return int(text)
 
@@ -333,12 +451,20 @@ class ApiHandler(BaseHTTPRequestHandler):
             raise HttpRequestError("Content-Length is required", status=411)
         if length > self.context.limits.payload_max_bytes:
             raise self._too_large(length)
+        ctx = self.context
+        self._body_length = length
+        self._reader.deadline = (
+            time.monotonic() + ctx.header_timeout_s + length / ctx.body_min_bytes_per_s
+        )
         try:
             body = self.rfile.read(length)
-        except OSError as exc:  # idle timeout or reset mid-body
+        except TimeoutError:
+            raise
+        except OSError as exc:  # reset mid-body, or closed to make room
             self.close_connection = True
             raise _ClientGoneError from exc
         self._unread_body = False
+        self._waiting(False)
         if len(body) != length:
             self.close_connection = True
             raise HttpRequestError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from protocols import EncodedBody
 
@@ -16,9 +17,15 @@ from ..cloud.calls import QueuedCall
 from ..router import ServedBy
 from .answers import encode_answer
 
-__all__ = ["REQUESTS_PATH", "pending_body", "queued_answer"]
+__all__ = ["REQUESTS_PATH", "location", "pending_body", "queued_answer"]
 
 REQUESTS_PATH = "/v2/requests/"
+
+
+def location(request_id: str) -> str:
+    """Where the answer to ``request_id`` is fetched: the id percent-encoded (every byte but
+    letters, digits and ``-._~``), so that it is one path segment and safe in a header."""
+    return REQUESTS_PATH + quote(request_id, safe="")
 
 
 def _parameters(queued: QueuedCall) -> dict[str, Any]:
@@ -36,7 +43,7 @@ def pending_body(queued: QueuedCall, model_name: str) -> dict[str, Any]:
         "model_name": model_name,
         "state": queued.state,
         "attempts": queued.attempts,
-        "location": REQUESTS_PATH + queued.request_id,
+        "location": location(queued.request_id),
         "parameters": _parameters(queued),
     }
 

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from protocols import ProtocolError, check_request_id
+
 from ..errors import HttpRequestError
 
 __all__ = ["Endpoint", "Route", "match_route"]
@@ -44,14 +46,25 @@ _REQUEST = re.compile(r"^/v2/requests/([^/]+)$")
 
 
 def match_route(method: str, target: str) -> Route:
-    """The route for ``method`` and the request target; :class:`HttpRequestError` 404 or 405."""
-    path = urlsplit(target).path.rstrip("/") or "/"
+    """The route for ``method`` and the request target; :class:`HttpRequestError` 400 (a target
+    that is not a URL, or a request id no request may have), 404 or 405."""
+    try:
+        path = urlsplit(target).path.rstrip("/") or "/"
+    except ValueError as exc:  # "http://[::1": an unclosed IPv6 host, and the like
+        raise HttpRequestError(
+            f"the request target is not a valid URL: {exc}", status=400
+        ) from None
     endpoint = _FIXED.get(path)
     route: Route | None = None
     if endpoint is not None:
         route = Route(endpoint=endpoint)
     elif (found_request := _REQUEST.match(path)) is not None:
-        route = Route(endpoint=Endpoint.REQUEST, request_id=unquote(found_request.group(1)))
+        request_id = unquote(found_request.group(1))
+        try:
+            check_request_id(request_id)
+        except ProtocolError as exc:
+            raise HttpRequestError(str(exc), status=400) from None
+        route = Route(endpoint=Endpoint.REQUEST, request_id=request_id)
     else:
         found = _MODEL.match(path)
         if found is not None:

@@ -1,5 +1,10 @@
 """The local API's listening socket: TCP (``host:port``) or a Unix socket, one thread per
-connection (the standard library's threading servers)."""
+connection (the standard library's threading servers).
+
+At most ``max_connections`` are open. When a new connection finds them all taken, the one that
+has waited longest on its client (idle between requests, or still sending a request's headers
+or body) is closed to make room; only when every connection is running a request is the new
+one answered 503. So clients that trickle bytes cannot keep others out."""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ import os
 import selectors
 import socket
 import socketserver
+import sys
 import threading
+import time
 from typing import Any, cast
 
 from ..addresses import TcpAddress, UnixAddress
@@ -45,12 +52,37 @@ class _ServerMixin(socketserver.ThreadingMixIn):
         self.context = context
         self._open = 0
         self._open_lock = threading.Lock()
+        self._waiting_since: dict[Any, float] = {}
+        """Open connections waiting on their client, and since when (monotonic)."""
+        self.evicted = 0
+
+    def mark_waiting(self, connection: Any, waiting: bool) -> None:
+        with self._open_lock:
+            if waiting:
+                self._waiting_since.setdefault(connection, time.monotonic())
+            else:
+                self._waiting_since.pop(connection, None)
+
+    def _evict_one(self) -> bool:
+        """Under the lock: close the connection waiting longest on its client."""
+        if not self._waiting_since:
+            return False
+        victim = min(self._waiting_since, key=self._waiting_since.__getitem__)
+        del self._waiting_since[victim]
+        with contextlib.suppress(OSError):
+            victim.shutdown(socket.SHUT_RDWR)
+        self.evicted += 1
+        return True
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
             full = self._open >= self.context.max_connections
+            if full and self._evict_one():
+                logger.info("closed the longest-waiting connection to make room for a new one")
+                full = False
             if not full:
                 self._open += 1
+                self._waiting_since[request] = time.monotonic()
         if full:
             logger.warning("refused a connection: %d are open", self.context.max_connections)
             with contextlib.suppress(OSError):
@@ -60,20 +92,26 @@ class _ServerMixin(socketserver.ThreadingMixIn):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._closed_one()
+            self._closed_one(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._closed_one()
+            self._closed_one(request)
 
-    def _closed_one(self) -> None:
+    def _closed_one(self, request: Any = None) -> None:
         with self._open_lock:
             self._open -= 1
+            self._waiting_since.pop(request, None)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is no error of ours: logged at debug level, no traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            logger.debug("a local API client went away: %s", error)
+            return
         logger.exception("error on a local API connection")
 
 

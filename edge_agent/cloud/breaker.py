@@ -96,6 +96,19 @@ class CircuitBreaker:
                 if self._failures >= self._threshold:
                     self._open()
 
+    def reset(self) -> None:
+        """Close now: the cloud is known to be back (a hub's retained status said online)."""
+        with self._lock:
+            self._failures = 0
+            self._probes = 0
+            self._move(BreakerState.CLOSED)
+
+    def trip(self) -> None:
+        """Open now: the cloud is known to be gone (every hub's Last Will said offline)."""
+        with self._lock:
+            if self._state is not BreakerState.OPEN:
+                self._open()
+
     def release(self) -> None:
         """Give back a permit whose request was never sent (no outcome to record)."""
         with self._lock:

@@ -10,7 +10,7 @@ from typing import Any
 
 from protocols import DecodedResponse, ProtocolError, decode_mqtt_response
 
-from ..errors import CloudRequestError
+from ..errors import CloudLinkError, CloudRequestError
 from ..reply import ReplyFormat
 from ..runtime import Array
 
@@ -54,15 +54,21 @@ class QueuedCall:
     attempts: int
     """Deliveries tried so far."""
     answer: CloudResult | None = None
-    error: CloudRequestError | None = None
+    error: CloudRequestError | CloudLinkError | None = None
+    """The cloud's error answer, or (a dead letter) why the link gave up on it."""
+    dead: bool = False
+    """The link failed it ``outbox.max_failures`` times; it is not sent again."""
 
     @property
     def answered(self) -> bool:
+        """It has its final state: an answer, the cloud's error, or a dead letter's."""
         return self.answer is not None or self.error is not None
 
     @property
     def state(self) -> str:
-        """``pending`` or ``answered``, as the local API reports it."""
+        """``pending``, ``answered`` or ``dead``, as the local API reports it."""
+        if self.dead:
+            return "dead"
         return "answered" if self.answered else "pending"
 
 

@@ -8,6 +8,8 @@ half-open, the first request sent is the probe that closes it again.
 
 Delivery is at least once, answers are kept once: a request is sent until an answer is stored,
 with the same id every time, and the first answer stored for an id is the one the app gets.
+A request the link fails to send (an error with that message itself, not a timeout) is tried
+again after a backoff, and after ``outbox.max_failures`` failures it becomes a dead letter.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
-from ..errors import CloudUnavailableError
+from ..errors import CloudLinkError, CloudUnavailableError
 from ..metrics import AgentMetrics
 from .breaker import CircuitBreaker
-from .link import CloudAnswer, CloudLink
+from .link import CloudAnswer, CloudFailure, CloudLink
 from .outbox import AnswerOutcome, Outbox
 
 __all__ = ["Delivery"]
@@ -35,6 +37,8 @@ IDLE_WAIT_S = 5.0
 BUSY_WAIT_S = 0.25
 PURGE_INTERVAL_S = 30.0
 TELEMETRY_ACK_TIMEOUT_S = 60.0
+FAILURE_BACKOFF_S = 1.0
+FAILURE_BACKOFF_MAX_S = 60.0
 
 
 class Delivery:
@@ -94,10 +98,12 @@ class Delivery:
         self._events.put(("answer", request_id, payload))
         self._wake.set()
 
-    def _on_result(self, request_id: str) -> Callable[[CloudAnswer | None], None]:
-        def done(answer: CloudAnswer | None) -> None:
+    def _on_result(self, request_id: str) -> Callable[[CloudAnswer | CloudFailure | None], None]:
+        def done(answer: CloudAnswer | CloudFailure | None) -> None:
             if answer is None:
                 self._events.put(("timeout", request_id, None))
+            elif isinstance(answer, CloudFailure):
+                self._events.put(("failed", request_id, answer.reason.encode("utf-8")))
             else:
                 self._metrics.cloud_round_trip_seconds.observe(answer.round_trip_s)
                 self._events.put(("sent-answer", request_id, answer.payload))
@@ -131,6 +137,7 @@ class Delivery:
         depth = self._outbox.depth()
         self._metrics.outbox_depth.labels(kind="request").set(depth.requests)
         self._metrics.outbox_depth.labels(kind="answer").set(depth.answers)
+        self._metrics.outbox_depth.labels(kind="dead").set(depth.dead)
         self._metrics.outbox_depth.labels(kind="telemetry").set(depth.telemetry)
         return bool(depth.requests or depth.telemetry or self._sending or self._telemetry_sent)
 
@@ -144,6 +151,11 @@ class Delivery:
                 kind, key, payload = self._events.get(block=False)
             except queue.Empty:
                 break
+            if kind == "failed":
+                self._sending.discard(key)
+                self._breaker.release()
+                self._failed(key, (payload or b"").decode("utf-8", "replace"))
+                continue
             if kind in ("sent-answer", "timeout"):
                 self._sending.discard(key)
                 if kind == "timeout":
@@ -164,6 +176,14 @@ class Delivery:
                 self._metrics.outbox_delivered.labels(kind="request").inc()
             else:
                 self._metrics.cloud_answers_dropped.labels(reason=outcome.value).inc()
+
+    def _failed(self, request_id: str, reason: str) -> None:
+        """The link failed this request: due again after a backoff, or a dead letter."""
+        stored = self._outbox.get(request_id)
+        attempts = stored.attempts if stored is not None else 1
+        backoff_s = min(FAILURE_BACKOFF_S * 2 ** max(attempts - 1, 0), FAILURE_BACKOFF_MAX_S)
+        if self._outbox.mark_failed(request_id, reason, retry_after_s=backoff_s):
+            self._metrics.outbox_dead_letters.inc()
 
     def _send_status(self) -> None:
         if not self._status_wanted:
@@ -208,6 +228,11 @@ class Delivery:
                 except CloudUnavailableError:
                     self._breaker.release()
                     break
+                except CloudLinkError as exc:  # this message cannot be sent: it alone fails
+                    self._breaker.release()
+                    self._outbox.mark_sent([item.request_id], retry_after_s=item.deadline_s)
+                    self._failed(item.request_id, str(exc))
+                    continue
                 self._sending.add(item.request_id)
                 sent.append((item.request_id, item.deadline_s))
             by_deadline: dict[float, list[str]] = {}

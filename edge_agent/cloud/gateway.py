@@ -27,14 +27,20 @@ from typing import Any
 from protocols import DeviceState, DeviceStatus, encode_mqtt_request, telemetry_topic
 
 from ..config import CloudConfig
-from ..errors import CloudRequestError, CloudTimeoutError, CloudUnavailableError
+from ..errors import (
+    CloudLinkError,
+    CloudPayloadTooLargeError,
+    CloudRequestError,
+    CloudTimeoutError,
+    CloudUnavailableError,
+)
 from ..metrics import AgentMetrics
 from ..reply import ReplyFormat
 from .breaker import BreakerState, CircuitBreaker
 from .calls import CloudCall, CloudResult, QueuedCall, decode_answer
 from .delivery import Delivery
-from .link import CloudAnswer, CloudLink
-from .outbox import Outbox, QueuedRequest, StoredRequest
+from .link import CloudAnswer, CloudFailure, CloudLink
+from .outbox import Outbox, QueuedRequest, RequestState, StoredRequest
 from .telemetry import TelemetryReporter, telemetry_message
 
 __all__ = ["OUTBOX_FILENAME", "CloudGateway"]
@@ -54,13 +60,13 @@ class _Waiter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
-        self.answer: CloudAnswer | None = None
+        self.answer: CloudAnswer | CloudFailure | None = None
 
-    def __call__(self, answer: CloudAnswer | None) -> None:
+    def __call__(self, answer: CloudAnswer | CloudFailure | None) -> None:
         self.answer = answer
         self._lock.release()
 
-    def wait(self, timeout_s: float) -> CloudAnswer | None:
+    def wait(self, timeout_s: float) -> CloudAnswer | CloudFailure | None:
         self._lock.acquire(timeout=timeout_s)
         return self.answer
 
@@ -120,6 +126,7 @@ class CloudGateway:
             will_payload=will.encode("utf-8"),
             on_connect=self._connected,
             on_unmatched=self._unmatched,
+            on_hubs=self._hubs_changed,
             clock=self._clock,
         )
         self._delivery = Delivery(
@@ -181,29 +188,41 @@ class CloudGateway:
                 f"for up to {self.config.breaker.cooldown_s:g} s"
             )
         start = self._clock()
+        wait_s = call.deadline_s
+        silent_wait_s = self.config.silent_wait_s
+        if silent_wait_s is not None and link.silent_for_s() >= silent_wait_s:
+            wait_s = min(wait_s, silent_wait_s)  # the cloud has just gone silent
         waiter = _Waiter()
         try:
             payload = self._encode(call)
             link.submit(
                 call.request_id,
                 payload,
-                deadline=start + call.deadline_s,
+                deadline=start + wait_s,
                 callback=waiter,
-                slot_wait_s=call.deadline_s,
+                slot_wait_s=wait_s,
             )
         except CloudUnavailableError:
             self.breaker.release()
             self._outcome["unavailable"].inc()
             raise
+        except CloudLinkError:
+            self.breaker.release()
+            self._outcome["error"].inc()
+            raise
         except BaseException:
             self.breaker.release()
             raise
-        answer = waiter.wait(call.deadline_s + _WAIT_GRACE_S)
+        answer = waiter.wait(wait_s + _WAIT_GRACE_S)
+        if isinstance(answer, CloudFailure):  # this request alone; says nothing of the cloud
+            self.breaker.release()
+            self._outcome["error"].inc()
+            raise CloudLinkError(f"cloud request for {call.model!r} failed: {answer.reason}")
         if answer is None:
             self.breaker.record_failure()
             self._outcome["timeout"].inc()
             raise CloudTimeoutError(
-                f"the cloud did not answer for {call.model!r} within {call.deadline_s:g} s"
+                f"the cloud did not answer for {call.model!r} within {wait_s:g} s"
             )
         self.breaker.record_success()
         self._metrics.cloud_round_trip_seconds.observe(answer.round_trip_s)
@@ -252,12 +271,16 @@ class CloudGateway:
             "connected": bool(link and link.connected),
             "breaker": self.breaker.state.value,
             "in_flight": link.in_flight if link else 0,
+            "hubs_online": link.hubs_online if link else None,
         }
+        if link is not None:
+            detail.update(link.health())
         if outbox is not None:
             depth = outbox.depth()
             detail["outbox"] = {
                 "requests": depth.requests,
                 "answers": depth.answers,
+                "dead": depth.dead,
                 "telemetry": depth.telemetry,
             }
         return detail
@@ -265,7 +288,7 @@ class CloudGateway:
     # -- callbacks ---------------------------------------------------------------------------
 
     def _encode(self, call: CloudCall) -> bytes:
-        return encode_mqtt_request(
+        payload = encode_mqtt_request(
             call.model,
             call.inputs,
             model_version=call.version,
@@ -275,6 +298,13 @@ class CloudGateway:
             binary=True,
             binary_outputs=True,
         )
+        limit = self.config.payload_max_bytes
+        if len(payload) > limit:
+            raise CloudPayloadTooLargeError(
+                f"the request for {call.model!r} is {len(payload)} bytes as an MQTT message; "
+                f"the cloud takes at most {limit} (cloud.payload_max_bytes)"
+            )
+        return payload
 
     def _connected(self) -> None:
         if self._delivery is not None:
@@ -285,6 +315,19 @@ class CloudGateway:
             self._delivery.on_unmatched(request_id, payload)
         else:
             self._metrics.cloud_answers_dropped.labels(reason="unknown").inc()
+
+    def _hubs_changed(self, online: bool | None) -> None:
+        """A hub's retained status: back online closes the breaker at once (no cooldown, no
+        probe); every hub offline opens it and ends the waits nobody will answer."""
+        self._metrics.hub_online.set(-1 if online is None else int(online))
+        if online:
+            self.breaker.reset()
+        elif online is False:
+            self.breaker.trip()
+            if self.link is not None:
+                self.link.abandon_pending()
+        if self._delivery is not None:
+            self._delivery.wake()
 
     def _breaker_changed(self, state: BreakerState) -> None:
         self._metrics.cloud_breaker_state.set(state.gauge)
@@ -298,8 +341,14 @@ class CloudGateway:
 def _queued(stored: StoredRequest) -> QueuedCall:
     """An outbox row as the router and the local API see it, its answer decoded."""
     answer: CloudResult | None = None
-    error: CloudRequestError | None = None
-    if stored.answer is not None:
+    error: CloudRequestError | CloudLinkError | None = None
+    dead = stored.state is RequestState.DEAD
+    if dead:
+        error = CloudLinkError(
+            f"the agent gave up sending this request to the cloud after repeated failures: "
+            f"{stored.failure}"
+        )
+    elif stored.answer is not None:
         try:
             answer = decode_answer(stored.answer, model=stored.reply.model_name)
         except CloudRequestError as exc:  # the cloud answered it with an error
@@ -310,4 +359,5 @@ def _queued(stored: StoredRequest) -> QueuedCall:
         attempts=stored.attempts,
         answer=answer,
         error=error,
+        dead=dead,
     )

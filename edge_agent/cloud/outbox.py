@@ -6,6 +6,9 @@ survives the agent being killed (``synchronous: normal``) or the power going (``
 - A request is added once per id (adding a known id again changes nothing), waits as
   ``pending`` until an answer is recorded, then stays ``answered`` for ``answer_ttl_s`` so the
   app can fetch it; the first answer recorded wins, later ones are reported as duplicates.
+- A request the link keeps failing to send (an error with that message, not a timeout) moves
+  to ``dead`` after ``max_failures`` tries, with the last reason; it is not sent again and is
+  kept for ``answer_ttl_s`` so the app learns what became of it.
 - A pending request older than ``ttl_s`` is dropped; with ``max_requests`` rows (pending and
   answered) a new request is refused. Telemetry is bounded by dropping the oldest.
 - Times stored are wall-clock seconds (they must mean something after a restart).
@@ -42,7 +45,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_MIGRATIONS = {
+    1: (
+        "ALTER TABLE requests ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE requests ADD COLUMN failure TEXT",
+    ),
+}
+"""Statements that bring a database of the key's schema version to the next."""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY,
@@ -55,7 +65,9 @@ CREATE TABLE IF NOT EXISTS requests (
     next_attempt_s REAL NOT NULL,
     state TEXT NOT NULL,
     answer BLOB,
-    answered_s REAL
+    answered_s REAL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    failure TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_due ON requests (state, next_attempt_s, created_s);
 CREATE INDEX IF NOT EXISTS requests_expiry ON requests (expires_s);
@@ -74,6 +86,8 @@ DropCallback = Callable[[str, str, int], None]
 class RequestState(str, enum.Enum):
     PENDING = "pending"
     ANSWERED = "answered"
+    DEAD = "dead"
+    """Failed ``max_failures`` times in the link; never sent again."""
 
 
 class AnswerOutcome(str, enum.Enum):
@@ -105,6 +119,8 @@ class StoredRequest:
     answer: bytes | None = None
     """The hub's answer as it came (an MQTT response payload)."""
     answered_s: float | None = None
+    failure: str | None = None
+    """Why the link failed it last (set when ``state`` is ``dead``, and on earlier failures)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -122,6 +138,8 @@ class OutboxDepth:
     answers: int
     """Answers kept for the app to fetch."""
     telemetry: int
+    dead: int = 0
+    """Dead letters kept for the app to see."""
 
 
 class Outbox:
@@ -139,7 +157,7 @@ class Outbox:
         self._on_drop = on_drop
         self._lock = threading.Lock()
         self._db = self._open()
-        self._pending, self._answered, self._telemetry = self._count()
+        self._pending, self._answered, self._dead, self._telemetry = self._count()
         logger.info(
             "outbox %s: %d pending request(s), %d answer(s), %d telemetry message(s)",
             self.path,
@@ -158,7 +176,7 @@ class Outbox:
             existing = self._get(request.request_id, now)
             if existing is not None:
                 return existing
-            if self._pending + self._answered >= self._config.max_requests:
+            if self._pending + self._answered + self._dead >= self._config.max_requests:
                 self._drop("request", "full", 1)
                 raise OutboxFullError(
                     f"the outbox holds {self._config.max_requests} requests and answers already; "
@@ -238,6 +256,47 @@ class Outbox:
                 "UPDATE requests SET next_attempt_s = ? WHERE id = ? AND state = ?",
                 [(now, request_id, RequestState.PENDING.value) for request_id in ids],
             )
+
+    def mark_failed(self, request_id: str, reason: str, *, retry_after_s: float) -> bool:
+        """Count a failure of the link with this request; ``True`` when that moved it to the
+        dead-letter state (``max_failures`` reached), else it is due again after
+        ``retry_after_s``."""
+        now = self._clock()
+        with self._lock, self._db:
+            row = self._db.execute(
+                "SELECT failures FROM requests WHERE id = ? AND state = ? AND expires_s > ?",
+                (request_id, RequestState.PENDING.value, now),
+            ).fetchone()
+            if row is None:
+                return False
+            failures = int(row[0]) + 1
+            if failures < self._config.max_failures:
+                self._db.execute(
+                    "UPDATE requests SET failures = ?, failure = ?, next_attempt_s = ? "
+                    "WHERE id = ?",
+                    (failures, reason, now + retry_after_s, request_id),
+                )
+                return False
+            self._db.execute(
+                "UPDATE requests SET failures = ?, failure = ?, state = ?, payload = x'', "
+                "expires_s = ? WHERE id = ?",
+                (
+                    failures,
+                    reason,
+                    RequestState.DEAD.value,
+                    now + self._config.answer_ttl_s,
+                    request_id,
+                ),
+            )
+            self._pending -= 1
+            self._dead += 1
+        logger.error(
+            "outbox: request %r failed %d times in the cloud link; moved to the dead letters (%s)",
+            request_id[:80],
+            failures,
+            reason,
+        )
+        return True
 
     def record_answers(self, answers: Sequence[tuple[str, bytes]]) -> list[AnswerOutcome]:
         """Store each answer, in one transaction; the first answer for an id wins."""
@@ -321,6 +380,7 @@ class Outbox:
             for state, kind in (
                 (RequestState.PENDING, "request"),
                 (RequestState.ANSWERED, "answer"),
+                (RequestState.DEAD, "dead"),
             ):
                 expired[kind] = self._db.execute(
                     "DELETE FROM requests WHERE state = ? AND expires_s <= ?", (state.value, now)
@@ -330,6 +390,7 @@ class Outbox:
             ).rowcount
             self._pending -= expired["request"]
             self._answered -= expired["answer"]
+            self._dead -= expired["dead"]
             self._telemetry -= telemetry
             for kind, count in (*expired.items(), ("telemetry", telemetry)):
                 if count:
@@ -337,7 +398,10 @@ class Outbox:
 
     def depth(self) -> OutboxDepth:
         return OutboxDepth(
-            requests=self._pending, answers=self._answered, telemetry=self._telemetry
+            requests=self._pending,
+            answers=self._answered,
+            dead=self._dead,
+            telemetry=self._telemetry,
         )
 
     def close(self) -> None:
@@ -353,7 +417,7 @@ class Outbox:
 
     def _get(self, request_id: str, now: float) -> StoredRequest | None:
         row = self._db.execute(
-            "SELECT state, attempts, created_s, reply, answer, answered_s FROM requests "
+            "SELECT state, attempts, created_s, reply, answer, answered_s, failure FROM requests "
             "WHERE id = ? AND expires_s > ?",
             (request_id, now),
         ).fetchone()
@@ -367,9 +431,10 @@ class Outbox:
             reply=ReplyFormat.from_json(json.loads(row[3])),
             answer=None if row[4] is None else bytes(row[4]),
             answered_s=row[5],
+            failure=row[6],
         )
 
-    def _count(self) -> tuple[int, int, int]:
+    def _count(self) -> tuple[int, int, int, int]:
         now = self._clock()
         with self._lock:
             counts = dict(
@@ -382,6 +447,7 @@ class Outbox:
         return (
             int(counts.get(RequestState.PENDING.value, 0)),
             int(counts.get(RequestState.ANSWERED.value, 0)),
+            int(counts.get(RequestState.DEAD.value, 0)),
             int(telemetry),
         )
 
@@ -411,8 +477,12 @@ class Outbox:
                 raise sqlite3.DatabaseError(f"journal mode is {mode}, not wal")
             db.execute(f"PRAGMA synchronous = {self._config.synchronous.upper()}")
             (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version not in (0, SCHEMA_VERSION):
+            if not 0 <= version <= SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
+            if version != 0:
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[step]:
+                        db.execute(statement)
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:

@@ -27,7 +27,7 @@ from edge_agent.cloud.breaker import BreakerState
 from edge_agent.cloud.calls import CloudCall
 from edge_agent.cloud.gateway import CloudGateway
 from edge_agent.config import CloudConfig
-from edge_agent.errors import CloudTimeoutError, CloudUnavailableError
+from edge_agent.errors import CloudLinkError, CloudTimeoutError, CloudUnavailableError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.reply import ReplyFormat
 from protocols import (
@@ -291,3 +291,154 @@ def test_the_offline_status_is_published_on_a_clean_stop(
     finally:
         watcher.disconnect()
         watcher.loop_stop()
+
+
+# -- one request cannot kill the link ---------------------------------------------------------
+
+
+def test_an_id_that_cannot_travel_fails_that_request_alone(
+    make_gateway: Callable[..., CloudGateway], responder: Responder, broker: Broker
+) -> None:
+    """An id longer than MQTT Correlation Data allows (the local API refuses it at entry; a
+    caller in process may not) fails its own request; the timer, the network thread and every
+    later request go on, through a reconnect too."""
+    gateway = make_gateway()
+    link = gateway.link
+    assert link is not None
+    with pytest.raises(CloudLinkError, match="Correlation Data"):
+        gateway.infer(call("x" * 65_536))
+    assert link.in_flight == 0
+    result = gateway.infer(call("after-1", 1.0))
+    np.testing.assert_array_equal(result.outputs["y"], np.full((1, 3), 2.0))
+    responder.mode = "silent"
+    with pytest.raises(CloudTimeoutError):
+        gateway.infer(call("silent-1", deadline_s=0.3))
+    assert link.in_flight == 0  # the timer ended it at its deadline
+    responder.mode = "answer"
+    broker.stop()
+    wait_until(lambda: not link.connected, "the link to notice the broker is gone")
+    broker.start()
+    assert link.wait_connected(10)
+    wait_until(responder.client.is_connected, "the responder to reconnect")
+    time.sleep(0.2)  # and subscribe again (the broker keeps no sessions here)
+    result = gateway.infer(call("after-reconnect", 3.0))
+    np.testing.assert_array_equal(result.outputs["y"], np.full((1, 3), 4.0))
+    assert metric(gateway, "edge_agent_cloud_link_errors_total", where="send") == 1
+    health = link.health()
+    assert health["errors"] == 1
+    assert health["thread_restarts"] == 0
+    assert health["last_round_trip_s"] is not None
+    assert health["last_answer_age_s"] < 5
+
+
+def test_a_failure_in_the_timer_is_survived(
+    make_gateway: Callable[..., CloudGateway], responder: Responder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = make_gateway()
+    link = gateway.link
+    assert link is not None
+    responder.mode = "silent"
+    real_clock = link._clock
+    calls = {"n": 0}
+
+    def clock_failing_once() -> float:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected fault in the timer")
+        return real_clock()
+
+    monkeypatch.setattr(link, "_clock", clock_failing_once)
+    with pytest.raises(CloudTimeoutError):
+        gateway.infer(call("timer-1", deadline_s=0.5))
+    wait_until(lambda: link.in_flight == 0, "the deadline to end the request")
+    assert metric(gateway, "edge_agent_cloud_link_errors_total", where="timer") == 1
+    responder.mode = "answer"
+    assert gateway.infer(call("timer-2")).outputs["y"][0, 0] == 2.0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_watchdog_restarts_a_dead_network_thread(
+    make_gateway: Callable[..., CloudGateway], responder: Responder
+) -> None:
+    """A callback outside the link's guard (here paho's ``on_subscribe``) raising kills paho's
+    network thread; the watchdog starts it again and requests are answered."""
+    gateway = make_gateway()
+    link = gateway.link
+    assert link is not None
+
+    def boom(*args: Any) -> None:
+        raise RuntimeError("injected fault in paho's thread")
+
+    link._client.on_subscribe = boom
+    link.add_subscription("hybrid/v1/fleet/test/models", lambda payload: None)
+    wait_until(
+        lambda: metric(gateway, "edge_agent_cloud_link_restarts_total", thread="network") >= 1,
+        "the watchdog to restart paho's thread",
+    )
+    link._client.on_subscribe = None
+    assert link.wait_connected(10)
+    result = gateway.infer(call("after-restart", 5.0))
+    np.testing.assert_array_equal(result.outputs["y"], np.full((1, 3), 6.0))
+    assert link.health()["thread_restarts"] >= 1
+
+
+def test_a_queued_request_that_keeps_failing_becomes_a_dead_letter(
+    make_gateway: Callable[..., CloudGateway], responder: Responder
+) -> None:
+    gateway = make_gateway(outbox={"max_failures": 2})
+    bad = "y" * 65_536
+    gateway.enqueue(call(bad), ReplyFormat(model_name="m"))
+    gateway.enqueue(call("good-1", 7.0), ReplyFormat(model_name="m"))
+    wait_until(
+        lambda: (queued := gateway.lookup(bad)) is not None and queued.state == "dead",
+        "the failing request to become a dead letter",
+    )
+    queued = gateway.lookup(bad)
+    assert queued is not None
+    assert queued.answered
+    assert isinstance(queued.error, CloudLinkError)
+    assert "Correlation Data" in str(queued.error)
+    wait_until(
+        lambda: metric(gateway, "edge_agent_outbox_dead_letters_total") == 1,
+        "the dead letter count",
+    )
+    wait_until(
+        lambda: (good := gateway.lookup("good-1")) is not None and good.answer is not None,
+        "the good request to be answered meanwhile",
+    )
+    detail = gateway.detail()
+    assert detail["outbox"]["dead"] == 1
+    assert detail["outbox"]["requests"] == 0
+    assert responder.copies[bad] == 0  # never published
+
+
+def test_copies_of_an_unanswered_request_back_off(
+    make_gateway: Callable[..., CloudGateway], responder: Responder
+) -> None:
+    """retry_interval_s 0.2 and a 3 s deadline: copies at 0, 0.2, 0.6, 1.4 and 3.0 s at most,
+    not one every 0.2 s (15)."""
+    responder.mode = "silent"
+    gateway = make_gateway()
+    with pytest.raises(CloudTimeoutError):
+        gateway.infer(call("backoff-1", deadline_s=3.0))
+    assert 3 <= responder.copies["backoff-1"] <= 5
+
+
+def test_a_large_request_is_not_sent_again_while_its_copy_is_on_its_way(
+    make_gateway: Callable[..., CloudGateway], responder: Responder
+) -> None:
+    """A 48 MB request takes longer to reach the broker, and the hub to answer, than
+    retry_interval_s (0.05 s here): its copies wait for its size too, so the hub sees it about
+    once, not once every 0.05 s."""
+    gateway = make_gateway(retry_interval_s=0.05)
+    big = CloudCall(
+        request_id="big-1",
+        model="m",
+        version=None,
+        inputs={"x": np.ones((4_000_000, 3), np.float32)},
+        outputs=None,
+        deadline_s=20.0,
+    )
+    result = gateway.infer(big)
+    assert result.outputs["y"].shape == (4_000_000, 3)
+    assert responder.copies["big-1"] <= 2

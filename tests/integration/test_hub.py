@@ -435,6 +435,21 @@ BINARY_HEADER = json.dumps(
 ).encode()
 
 
+ZERO_HEADER = json.dumps(
+    {
+        "inputs": [
+            {
+                "name": "INPUT0",
+                "shape": [0, 4294967296, 4294967296],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": 0},
+            },
+            {"name": "INPUT1", "shape": [0, 4], "datatype": "FP32", "data": []},
+        ]
+    }
+).encode()
+
+
 @pytest.mark.parametrize(
     ("path", "body", "headers", "status", "fragment"),
     [
@@ -511,6 +526,28 @@ BINARY_HEADER = json.dumps(
             {},
             400,
             "has no output 'NOPE'",
+        ),
+        # No elements, but a dimension numpy cannot build: refused by the limits, not a 500.
+        (
+            "/v2/models/add_sub/infer",
+            _with(shape=[0, 100000000000000000000], data=[]),
+            {},
+            400,
+            "dimension 1 is 100000000000000000000; the limit is",
+        ),
+        (
+            "/v2/models/add_sub/infer",
+            _with(shape=[9223372036854775808, 0], data=[]),
+            {},
+            400,
+            "dimension 0 is 9223372036854775808; the limit is",
+        ),
+        (
+            "/v2/models/add_sub/infer",
+            ZERO_HEADER,
+            {"Inference-Header-Content-Length": str(len(ZERO_HEADER))},
+            400,
+            "dimension 1 is 4294967296; the limit is",
         ),
     ],
 )

@@ -28,3 +28,27 @@ def test_packed_properties_match_paho(correlation: bytes, expiry_s: int) -> None
     decoded.unpack(packed)
     assert decoded.CorrelationData == correlation
     assert decoded.MessageExpiryInterval == expiry_s
+
+
+def test_the_disconnect_reason_names_what_really_happened() -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from edge_agent.cloud.link import disconnect_reason
+
+    unspecified = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
+    assert disconnect_reason(
+        unspecified,
+        from_broker=False,
+        last_error="failed to receive on socket: [Errno 104] Connection reset by peer",
+    ) == ("Unspecified error: failed to receive on socket: [Errno 104] Connection reset by peer")
+    assert "without a DISCONNECT" in disconnect_reason(
+        unspecified, from_broker=False, last_error=None
+    )
+    taken = ReasonCode(PacketTypes.DISCONNECT, "Session taken over")
+    assert (
+        disconnect_reason(taken, from_broker=True, last_error=None)
+        == "the broker disconnected us: Session taken over"
+    )
+    keepalive = ReasonCode(PacketTypes.DISCONNECT, "Keep alive timeout")
+    assert disconnect_reason(keepalive, from_broker=False, last_error=None) == "Keep alive timeout"

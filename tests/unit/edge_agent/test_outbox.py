@@ -200,3 +200,53 @@ def test_a_corrupt_file_is_set_aside(tmp_path: Path) -> None:
     assert [p.name.startswith("outbox.sqlite3.corrupt-") for p in tmp_path.iterdir()].count(
         True
     ) == 1
+
+
+def test_a_request_failing_max_failures_times_becomes_a_dead_letter(  # type: ignore[no-untyped-def]
+    open_outbox, clock: Clock, dropped: list[tuple[str, str, int]]
+) -> None:
+    box = open_outbox(max_failures=3, answer_ttl_s=100)
+    box.add(request(1))
+    box.add(request(2))
+    assert not box.mark_failed("r1", "boom 1", retry_after_s=5)
+    assert [d.request_id for d in box.due(10)] == ["r2"]  # r1 backs off
+    clock.now_s += 5
+    assert not box.mark_failed("r1", "boom 2", retry_after_s=5)
+    assert box.mark_failed("r1", "boom 3", retry_after_s=5)
+    clock.now_s += 10
+    assert [d.request_id for d in box.due(10)] == ["r2"]  # never sent again
+    stored = box.get("r1")
+    assert stored is not None
+    assert stored.state is RequestState.DEAD
+    assert stored.failure == "boom 3"
+    assert (box.depth().requests, box.depth().dead) == (1, 1)
+    assert not box.mark_failed("r1", "again", retry_after_s=5)  # no longer pending
+    clock.now_s += 100
+    box.purge()
+    assert box.get("r1") is None
+    assert ("dead", "expired", 1) in dropped
+    assert box.depth().dead == 0
+
+
+def test_an_outbox_of_schema_1_is_migrated(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE requests (id TEXT PRIMARY KEY, payload BLOB NOT NULL, reply TEXT NOT NULL,"
+        " deadline_s REAL NOT NULL, created_s REAL NOT NULL, expires_s REAL NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, next_attempt_s REAL NOT NULL, state TEXT NOT NULL,"
+        " answer BLOB, answered_s REAL);"
+        "INSERT INTO requests VALUES ('old', x'00', '{\"model_name\": \"m\"}', 2, 1, 9e9, 0, 0,"
+        " 'pending', NULL, NULL);"
+        "PRAGMA user_version = 1;"
+    )
+    db.close()
+    box = Outbox(path, config=OutboxConfig(max_failures=1), clock=clock)
+    try:
+        assert box.depth().requests == 1
+        assert box.mark_failed("old", "cannot send", retry_after_s=1)
+        stored = box.get("old")
+        assert stored is not None
+        assert stored.state is RequestState.DEAD
+    finally:
+        box.close()

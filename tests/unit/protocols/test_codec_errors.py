@@ -20,6 +20,7 @@ from protocols import (
     ProtocolError,
     ShapeError,
     ValueOverflowError,
+    check_request_id,
     decode_mqtt_request,
     decode_request,
     decode_response,
@@ -424,3 +425,66 @@ def test_every_error_is_a_protocol_error_with_a_status() -> None:
         assert issubclass(kind, ProtocolError)
         assert issubclass(kind, ValueError)
         assert kind("x").status == 400
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        [0, 100000000000000000000],
+        [9223372036854775808, 0],
+        [0, 2**63 - 1],
+        [0, (1 << 26) + 1],
+    ],
+)
+def test_a_dimension_past_the_element_limit_is_refused_even_with_a_zero(shape: list[int]) -> None:
+    # No elements, but numpy cannot build the shape (or the size overflows): refused up front.
+    err = raises(LimitExceededError, request([], shape=shape), "dimension", "the limit is")
+    assert err.status == 400
+
+
+def test_binary_zero_size_tensor_with_huge_dimensions_is_refused() -> None:
+    header = request(shape=[0, 4294967296, 4294967296], parameters={"binary_data_size": 0})
+    raises(LimitExceededError, header, "dimension 1 is 4294967296", header_length=len(header))
+
+
+@pytest.mark.parametrize("shape", [[0, 4294967296, 4294967296], [2**64, 0]])
+def test_mqtt_request_with_an_impossible_shape_is_refused(shape: list[int]) -> None:
+    header = json.dumps(
+        {
+            "model_name": "m",
+            "inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": []}],
+        }
+    ).encode()
+    with pytest.raises(LimitExceededError, match="dimension"):
+        decode_mqtt_request(header)
+
+
+def test_a_zero_sized_tensor_within_the_limits_still_decodes() -> None:
+    decoded = decode_request(request([], shape=[0, 1 << 26]))
+    assert decoded.tensors["x"].shape == (0, 1 << 26)
+
+
+# -- request ids --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("x" * 257, "request id is 257 bytes in UTF-8; the limit is 256"),
+        ("é" * 129, "request id is 258 bytes in UTF-8"),
+        ("a\r\nb", "control character '\\r' at 1"),
+        ("\x7f", "control character"),
+        ("\x9b", "control character"),
+        ("\ud800", "lone surrogate"),
+    ],
+)
+def test_request_ids_past_the_rules(value: str, fragment: str) -> None:
+    with pytest.raises(MessageError) as info:
+        check_request_id(value)
+    assert fragment in str(info.value)
+    assert info.value.location == "id"
+
+
+@pytest.mark.parametrize("value", ["", "a", "x" * 256, "ünïcødé 日本 / ? # %", "é" * 128])
+def test_request_ids_within_the_rules(value: str) -> None:
+    assert check_request_id(value) == value
