@@ -23,14 +23,19 @@ outputs and removing the ``DEQUANTIZE`` operator in front of each output chosen 
 TensorFlow does for every output when asked for int8 outputs.
 
 TensorFlow sources convert from a SavedModel of their serving function, so the artifact's
-signature names its tensors as the source does. ONNX sources go through onnx2tf when it is
-installed, which turns 4-D inputs into NHWC.
+signature names its tensors as the source does. ONNX sources go through onnx2tf (the ``onnx2tf``
+extra), which turns 3- to 5-D inputs channels-last (NCHW -> NHWC) and keeps the ONNX model's input
+and output names; a model it cannot convert ends with exit 6 and its reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
+import io
 import logging
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -51,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["convert"]
 
 logger = logging.getLogger(__name__)
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def convert(request: TargetRequest) -> TargetResult:
@@ -218,6 +225,25 @@ def _int8_outputs(flatbuffer: bytes, names: list[str], request: TargetRequest) -
     return bytes(util._convert_model_from_object_to_bytearray(model))
 
 
+def unsupported_operators(model: Any) -> list[str]:
+    """The standard-domain operators of ``model`` (subgraphs included) that onnx2tf has no
+    converter for: onnx2tf converts each operator with its module ``onnx2tf.ops.<OpType>``."""
+    kinds: set[str] = set()
+
+    def walk(graph: Any) -> None:
+        for node in graph.node:
+            if node.domain in ("", "ai.onnx"):
+                kinds.add(str(node.op_type))
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    walk(attribute.g)
+                for sub in attribute.graphs:
+                    walk(sub)
+
+    walk(model.graph)
+    return sorted(k for k in kinds if importlib.util.find_spec(f"onnx2tf.ops.{k}") is None)
+
+
 def _representative(
     calibration: SampleSet,
     perms: Mapping[str, tuple[int, ...]],
@@ -244,7 +270,11 @@ def _representative(
 
 
 def _from_onnx(request: TargetRequest) -> tuple[Path, dict[str, tuple[int, ...]], dict[str, str]]:
-    """ONNX -> SavedModel through onnx2tf, which moves the channel axis of 3- to 5-D inputs last."""
+    """ONNX -> SavedModel through onnx2tf, which moves the channel axis of 3- to 5-D inputs last
+    (an input the source already has channels-last keeps its shape).
+
+    A model onnx2tf cannot convert (an operator it has no converter for, or any failure of its
+    own) raises :class:`TargetUnavailableError` (exit 6) with onnx2tf's reason."""
     source = request.source
     assert isinstance(source, OnnxSource)
     try:
@@ -252,29 +282,56 @@ def _from_onnx(request: TargetRequest) -> tuple[Path, dict[str, tuple[int, ...]]
     except ImportError as exc:
         raise TargetUnavailableError(
             f"a TFLite target from an ONNX source needs onnx2tf, which is not installed ({exc}); "
-            "`pip install onnx2tf` (with its dependencies: onnx_graphsurgeon, sng4onnx, "
-            "onnxsim), or convert from the Keras or SavedModel source instead"
+            "install the `onnx2tf` extra and `pip install --no-deps 'tf-keras>=2.21,<2.22'` "
+            "(docs/converter.md), or convert from the Keras or SavedModel source instead"
         ) from exc
+    version = str(getattr(onnx2tf, "__version__", "?"))
     if request.profile.input_layout == "NCHW":
         raise ConversionError(
             f"{request.profile.name}: onnx2tf makes NHWC inputs; an NCHW TFLite target from an "
             "ONNX source is not supported"
         )
+    missing = unsupported_operators(source.model)
+    if missing:
+        raise TargetUnavailableError(
+            f"{source.filename}: onnx2tf {version} cannot convert this model: it has no converter "
+            f"for the operator(s) {', '.join(missing)}; replace them in the source model, or "
+            "convert to an ONNX target instead"
+        )
+    # onnx2tf takes every 3- to 5-D input as channels-first and moves the channel axis last;
+    # an input already channels-last (a 4-D image with its channels last) keeps its shape.
+    channels_last = [spec.name for spec in source.inputs if spec.layout == "NHWC"]
     folder = Path(tempfile.mkdtemp(prefix="onnx2tf-", dir=request.work_dir))
+    printed = io.StringIO()
     try:
-        with quiet_stdout():
+        with contextlib.redirect_stdout(printed):
             onnx2tf.convert(
                 input_onnx_file_path=str(source.path),
                 output_folder_path=str(folder),
+                keep_nwc_or_nhwc_or_ndhwc_input_names=channels_last or None,
                 non_verbose=True,
             )
-    except Exception as exc:
-        raise ConversionError(f"{source.filename}: onnx2tf failed: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # onnx2tf ends with sys.exit(1) on some failures
+        errors = [
+            line.strip()
+            for line in _ANSI.sub("", printed.getvalue()).splitlines()
+            if "ERROR" in line
+        ]
+        reason = "; ".join(errors[-3:]) if isinstance(exc, SystemExit) else str(exc)
+        raise TargetUnavailableError(
+            f"{source.filename}: onnx2tf {version} cannot convert this model: {reason}"
+        ) from exc
+    finally:
+        if printed.getvalue().strip():
+            logger.debug("onnx2tf output:\n%s", printed.getvalue().strip())
     if not (folder / "saved_model.pb").is_file():
-        raise ConversionError(f"{source.filename}: onnx2tf wrote no SavedModel")
+        raise TargetUnavailableError(
+            f"{source.filename}: onnx2tf {version} cannot convert this model: it wrote no "
+            "SavedModel"
+        )
     perms = {
         spec.name: (0, *range(2, len(spec.shape)), 1)
         for spec in source.inputs
-        if 3 <= len(spec.shape) <= 5
+        if 3 <= len(spec.shape) <= 5 and spec.name not in channels_last
     }
-    return folder, perms, {"onnx2tf": str(getattr(onnx2tf, "__version__", "?"))}
+    return folder, perms, {"onnx2tf": version}
