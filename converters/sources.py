@@ -429,6 +429,9 @@ class OnnxSource(Source):
         self.inputs = tuple(_onnx_spec(onnx, v) for v in graph.input if v.name not in initializers)
         self.outputs = tuple(_onnx_spec(onnx, v) for v in graph.output)
         self._session: Any = None
+        self.saved_models: dict[Path, tuple[Path, dict[str, tuple[int, ...]], dict[str, str]]] = {}
+        """TFLite targets' SavedModel made by onnx2tf, its input transposes and tool versions,
+        per work folder: made once per build, whatever the number of TFLite profiles."""
 
     @property
     def opset(self) -> int:

@@ -291,6 +291,8 @@ def _from_onnx(request: TargetRequest) -> tuple[Path, dict[str, tuple[int, ...]]
             f"{request.profile.name}: onnx2tf makes NHWC inputs; an NCHW TFLite target from an "
             "ONNX source is not supported"
         )
+    if request.work_dir in source.saved_models:
+        return source.saved_models[request.work_dir]
     missing = unsupported_operators(source.model)
     if missing:
         raise TargetUnavailableError(
@@ -334,4 +336,5 @@ def _from_onnx(request: TargetRequest) -> tuple[Path, dict[str, tuple[int, ...]]
         for spec in source.inputs
         if 3 <= len(spec.shape) <= 5 and spec.name not in channels_last
     }
-    return folder, perms, {"onnx2tf": version}
+    source.saved_models[request.work_dir] = (folder, perms, {"onnx2tf": version})
+    return source.saved_models[request.work_dir]
