@@ -319,7 +319,10 @@ def _from_onnx(request: TargetRequest) -> tuple[Path, dict[str, tuple[int, ...]]
             for line in _ANSI.sub("", printed.getvalue()).splitlines()
             if "ERROR" in line
         ]
-        reason = "; ".join(errors[-3:]) if isinstance(exc, SystemExit) else str(exc)
+        if not isinstance(exc, SystemExit):
+            reason = str(exc) or type(exc).__name__
+        else:
+            reason = "; ".join(errors[-3:]) or f"it exited with code {exc.code}"
         raise TargetUnavailableError(
             f"{source.filename}: onnx2tf {version} cannot convert this model: {reason}"
         ) from exc
