@@ -127,10 +127,18 @@ def _run(profile: DeviceProfile, step: Callable[[], Any]) -> bytes:
     except ConversionError:
         raise
     except Exception as exc:
-        reason = str(exc).strip().splitlines()
+        lines = str(exc).strip().splitlines()
+        select = [line for line in lines if line.startswith("TF Select ops:")]
+        if select:  # the model needs TensorFlow kernels that LiteRT's built-in operators lack
+            reason = (
+                "LiteRT has no built-in operator for "
+                f"{select[-1].partition(':')[2].strip()} (TensorFlow kernels, TF Select, "
+                "are not part of the artifacts this converter makes)"
+            )
+        else:
+            reason = lines[-1] if lines else type(exc).__name__
         raise ConversionError(
-            f"{profile.name}: the TFLite converter failed ({profile.precision}): "
-            f"{reason[-1] if reason else type(exc).__name__}"
+            f"{profile.name}: the TFLite converter failed ({profile.precision}): {reason}"
         ) from exc
 
 
@@ -320,7 +328,7 @@ def _from_onnx(request: TargetRequest) -> tuple[Path, dict[str, tuple[int, ...]]
             if "ERROR" in line
         ]
         if not isinstance(exc, SystemExit):
-            reason = str(exc) or type(exc).__name__
+            reason = _ANSI.sub("", str(exc)).strip() or type(exc).__name__
         else:
             reason = "; ".join(errors[-3:]) or f"it exited with code {exc.code}"
         raise TargetUnavailableError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -16,7 +17,7 @@ from onnx import TensorProto, helper
 
 from converters.build import BuildRequest, build
 from converters.cli import main
-from converters.errors import SourceError, TargetUnavailableError
+from converters.errors import ConversionError, SourceError, TargetUnavailableError
 from converters.profiles import load_profile
 from converters.targets.tflite import unsupported_operators
 from protocols import Datatype
@@ -188,6 +189,48 @@ def test_a_model_onnx2tf_cannot_convert_exits_6_with_the_reason_and_writes_nothi
     error = json.loads(capfd.readouterr().out)["error"]
     assert error["kind"] == "TargetUnavailableError"
     assert "no converter for the operator(s) LpPool" in error["message"]
+    assert not out.exists()
+
+
+def one_node(path: Path, node: onnx.NodeProto, x: list[Any], y: list[Any]) -> Path:
+    graph = helper.make_graph(
+        [node],
+        path.stem,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_a_failure_inside_onnx2tf_exits_6_with_its_reason(tmp_path: Path) -> None:
+    # onnx2tf has a converter for Unique, which raises on the sorted form
+    source = one_node(
+        tmp_path / "unique.onnx", helper.make_node("Unique", ["x"], ["y"], sorted=1), ["n", 4], [8]
+    )
+    out = tmp_path / "out"
+    with pytest.raises(TargetUnavailableError) as caught:
+        build(BuildRequest(source=source, profiles=["rpi4-litert-fp16"], out_dir=out))
+    assert caught.value.exit_code == 6
+    assert caught.value.message.startswith("unique.onnx: onnx2tf 1.28.")
+    assert "Sort option in Unique ops is not implemented" in caught.value.message
+    assert "\x1b" not in caught.value.message
+    assert not out.exists()
+
+
+def test_an_operator_litert_lacks_names_it(tmp_path: Path) -> None:
+    # onnx2tf converts Det to TensorFlow's MatrixDeterminant, which LiteRT has no kernel for
+    source = one_node(
+        tmp_path / "det.onnx", helper.make_node("Det", ["x"], ["y"]), ["n", 3, 3], ["n"]
+    )
+    out = tmp_path / "out"
+    with pytest.raises(ConversionError) as caught:
+        build(BuildRequest(source=source, profiles=["rpi4-litert-fp16"], out_dir=out))
+    assert caught.value.exit_code == 4
+    assert "LiteRT has no built-in operator for MatrixDeterminant" in caught.value.message
     assert not out.exists()
 
 
