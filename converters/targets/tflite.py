@@ -48,6 +48,7 @@ from .._libs import import_tensorflow, quiet_stdout
 from ..errors import ConversionError, ProfileError, TargetUnavailableError
 from ..samples import SampleSet
 from ..sources import OnnxSource, TensorFlowSource
+from ..tensors import inverse_permutation, permute_shape
 from . import TargetRequest, TargetResult
 
 if TYPE_CHECKING:
@@ -252,6 +253,63 @@ def unsupported_operators(model: Any) -> list[str]:
     return sorted(k for k in kinds if importlib.util.find_spec(f"onnx2tf.ops.{k}") is None)
 
 
+def _outputs_as_source(folder: Path, source: OnnxSource) -> Path:
+    """onnx2tf gives 3- to 5-D outputs channels-last too; a SavedModel that transposes each such
+    output back to the source's shape (a new folder beside ``folder``), or ``folder`` when no
+    output was moved."""
+    tf = import_tensorflow()
+    try:
+        loaded = tf.saved_model.load(str(folder))
+        signature = loaded.signatures["serving_default"]
+    except Exception as exc:
+        raise TargetUnavailableError(
+            f"{source.filename}: onnx2tf wrote a SavedModel TensorFlow cannot load: {exc}"
+        ) from exc
+    produced = signature.structured_outputs
+    back: dict[str, tuple[int, ...]] = {}
+    for spec in source.outputs:
+        tensor = produced.get(spec.name)
+        if tensor is None or not 3 <= len(spec.shape) <= 5:
+            continue
+        shape = tuple(-1 if d is None else int(d) for d in tensor.shape)
+        perm = (0, *range(2, len(spec.shape)), 1)
+        if not _same_shape(shape, spec.shape) and _same_shape(
+            shape, permute_shape(spec.shape, perm)
+        ):
+            back[spec.name] = inverse_permutation(perm)
+    if not back:
+        return folder
+    inputs = signature.structured_input_signature[1]
+    names = list(inputs)
+
+    def serve(*args: Any) -> dict[str, Any]:
+        result = signature(**dict(zip(names, args, strict=True)))
+        return {k: tf.transpose(v, back[k]) if k in back else v for k, v in result.items()}
+
+    function = tf.function(serve, input_signature=[inputs[name] for name in names])
+    module = tf.Module()
+    module.keep = loaded
+    module.serve = function
+    wrapped = folder.with_name(folder.name + "-source-outputs")
+    try:
+        with quiet_stdout():
+            tf.saved_model.save(
+                module,
+                str(wrapped),
+                signatures={"serving_default": function.get_concrete_function()},
+            )
+    except Exception as exc:
+        raise ConversionError(
+            f"{source.filename}: cannot put onnx2tf's outputs back in the source's layout: {exc}"
+        ) from exc
+    return wrapped
+
+
+def _same_shape(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Equal, a variable dimension (-1) matching any."""
+    return len(a) == len(b) and all(x == y or x < 0 or y < 0 for x, y in zip(a, b, strict=True))
+
+
 def _representative(
     calibration: SampleSet,
     perms: Mapping[str, tuple[int, ...]],
@@ -347,5 +405,6 @@ def _from_onnx(request: TargetRequest) -> tuple[Path, dict[str, tuple[int, ...]]
         for spec in source.inputs
         if 3 <= len(spec.shape) <= 5 and spec.name not in channels_last
     }
+    folder = _outputs_as_source(folder, source)
     source.saved_models[request.work_dir] = (folder, perms, {"onnx2tf": version})
     return source.saved_models[request.work_dir]

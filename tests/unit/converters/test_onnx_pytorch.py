@@ -77,8 +77,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[SmallCnn, Path]:
         input_names=["pixels"],
         output_names=["probs"],
         dynamic_shapes=({0: torch.export.Dim("batch")},),
+        external_data=False,  # one file, as an upload to the hub is
         verbose=False,
     )
+    assert [p.name for p in root.iterdir()] == ["cnn.onnx"]  # no weights file beside it
     np.savez(root / "samples.npz", pixels=patterns(256, rng)[0])
     np.savez(root / "calibration.npz", pixels=x_train[:128])
     return model, path
@@ -161,6 +163,37 @@ def test_a_channels_last_onnx_input_keeps_its_shape(tmp_path: Path) -> None:
     [image] = result.artifacts[0].manifest.inputs
     assert (image.layout, image.shape) == ("NHWC", [-1, 8, 8, 1])
     assert result.artifacts[0].manifest.validation.passed
+
+
+def test_a_channels_first_output_keeps_the_source_layout(tmp_path: Path) -> None:
+    """onnx2tf makes a 4-D output channels-last too; the artifact gives it as the source does."""
+    rng = np.random.default_rng(4)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "dense_map",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5, 16, 16])],
+        initializer=[
+            onnx.numpy_helper.from_array(rng.normal(0, 0.3, (5, 3, 3, 3)).astype(np.float32), "w")
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "map.onnx")
+    result = build(
+        BuildRequest(
+            source=tmp_path / "map.onnx",
+            profiles=["rpi4-litert-fp16"],
+            out_dir=tmp_path / "out",
+            latency=None,
+        )
+    )
+    manifest = result.artifacts[0].manifest
+    assert [(t.name, t.shape, t.layout) for t in manifest.inputs] == [
+        ("x", [-1, 16, 16, 3], "NHWC")
+    ]
+    assert [(t.name, t.shape) for t in manifest.outputs] == [("y", [-1, 5, 16, 16])]
+    assert manifest.validation.outputs[0].cosine_similarity > 0.999
 
 
 def lp_pool(path: Path) -> Path:
