@@ -20,9 +20,16 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# tf_keras, which onnx2tf imports, requires `tensorflow`, which clashes with tensorflow-cpu: it is
+# installed without its dependencies beside the extras that bring TensorFlow (docs/converter.md).
+comma := ,
+NO_DEPS := tf-keras>=2.21,<2.22
+NEEDS_NO_DEPS := $(filter all onnx2tf,$(subst $(comma), ,$(EXTRAS)))
+
 # Reinstall only when the project's metadata changed.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(if $(NEEDS_NO_DEPS),$(PY) -m pip install --quiet --no-deps '$(NO_DEPS)')
 	touch $@
 
 venv: $(STAMP)

@@ -8,7 +8,9 @@
      ├── SourceError                 exit 3: a source that is missing, corrupt or of no known kind
      ├── ArtifactError               exit 3: an artifact folder without a readable manifest or file
      ├── TargetUnavailableError      exit 6: the tool a target needs is not installed (TensorRT,
-     │                               onnx2tf); the message says what to install
+     │                               onnx2tf), or cannot convert this model (onnx2tf without a
+     │                               converter for one of its operators); the message says
+     │                               what to install or what it could not convert
      ├── ValidationFailedError       exit 5: an artifact missed its fidelity, size or latency
      │                               gates; ``reports`` holds every profile's report
      ├── PublishError                exit 7: the hub refused a release (converters.publish)
@@ -96,7 +98,8 @@ EXIT_CODES: dict[int, str] = {
     3: "source or artifact: missing, corrupt or of an unsupported kind",
     4: "conversion failed",
     5: "validation gate failed: an artifact missed its thresholds (nothing was written)",
-    6: "target unavailable: a tool the profile needs is not installed",
+    6: "target unavailable: a tool the profile needs is not installed, or cannot convert this "
+    "model (the message says which)",
     7: "publish failed: the hub refused the release or could not be reached",
     8: "distillation refused: the distilled model missed a gate (no model was written)",
     130: "interrupted",

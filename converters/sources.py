@@ -1,5 +1,7 @@
 """Source models: ``.keras`` files, SavedModel folders and ``.onnx`` files, or an archive
-(``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``) holding one of them.
+(``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``) holding one of them. PyTorch models arrive as ONNX
+(``torch.onnx.export``); PyTorch files themselves (``.pt2`` exported programs, ``.pt``/``.pth``
+checkpoints) are refused with a message naming that route.
 
 A :class:`Source` knows its inputs and outputs, runs itself as the reference the artifacts are
 validated against, and, for TensorFlow sources, gives the serving function every TensorFlow
@@ -49,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_SUFFIXES: dict[str, SourceFormat] = {".keras": "keras", ".h5": "keras", ".onnx": "onnx"}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+PYTORCH_SUFFIXES = (".pt2", ".pt", ".pth")
+"""PyTorch files, which are not sources: PyTorch models arrive as ONNX (``torch.onnx.export``)."""
 ARCHIVE_MAX_BYTES = 8 << 30
 """Largest total an archive may unpack to."""
 ARCHIVE_MAX_MEMBERS = 100_000
@@ -158,6 +162,8 @@ def _check_totals(archive: Path, members: int, size: int, max_bytes: int, max_me
 def find_model(root: Path, archive: Path) -> Path:
     candidates = [p for p in root.rglob("*") if p.is_file() and p.suffix in MODEL_SUFFIXES]
     candidates += [p.parent for p in root.rglob("saved_model.pb")]
+    if not candidates:  # say why a PyTorch file is not taken
+        candidates = [p for p in root.rglob("*") if p.suffix.lower() in PYTORCH_SUFFIXES][:1]
     if len(candidates) != 1:
         found = ", ".join(str(p.relative_to(root)) for p in candidates) or "none"
         raise SourceError(
@@ -423,6 +429,9 @@ class OnnxSource(Source):
         self.inputs = tuple(_onnx_spec(onnx, v) for v in graph.input if v.name not in initializers)
         self.outputs = tuple(_onnx_spec(onnx, v) for v in graph.output)
         self._session: Any = None
+        self.saved_models: dict[Path, tuple[Path, dict[str, tuple[int, ...]], dict[str, str]]] = {}
+        """TFLite targets' SavedModel made by onnx2tf, its input transposes and tool versions,
+        per work folder: made once per build, whatever the number of TFLite profiles."""
 
     @property
     def opset(self) -> int:
@@ -481,6 +490,13 @@ def _open_model(path: Path, *, given: Path, sha256: str) -> Source:
         return KerasSource(path, given=given, sha256=sha256)
     if kind == "onnx":
         return OnnxSource(path, given=given, sha256=sha256)
+    if path.suffix.lower() in PYTORCH_SUFFIXES:
+        what = "an exported program" if path.suffix.lower() == ".pt2" else "a checkpoint"
+        raise SourceError(
+            f"{given.name} is a PyTorch file ({what}), which the converter does not read; "
+            "export the model to ONNX (`torch.onnx.export(model, example_inputs, "
+            "'model.onnx', dynamic_shapes=...)`) and convert the .onnx file"
+        )
     raise SourceError(
         f"{given.name}: unknown kind of source; give a .keras, .h5 or .onnx file, a SavedModel "
         f"folder, or a {', '.join(ARCHIVE_SUFFIXES)} archive of one"

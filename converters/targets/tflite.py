@@ -23,14 +23,19 @@ outputs and removing the ``DEQUANTIZE`` operator in front of each output chosen 
 TensorFlow does for every output when asked for int8 outputs.
 
 TensorFlow sources convert from a SavedModel of their serving function, so the artifact's
-signature names its tensors as the source does. ONNX sources go through onnx2tf when it is
-installed, which turns 4-D inputs into NHWC.
+signature names its tensors as the source does. ONNX sources go through onnx2tf (the ``onnx2tf``
+extra), which turns 3- to 5-D inputs channels-last (NCHW -> NHWC) and keeps the ONNX model's input
+and output names; a model it cannot convert ends with exit 6 and its reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
+import io
 import logging
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -43,6 +48,7 @@ from .._libs import import_tensorflow, quiet_stdout
 from ..errors import ConversionError, ProfileError, TargetUnavailableError
 from ..samples import SampleSet
 from ..sources import OnnxSource, TensorFlowSource
+from ..tensors import inverse_permutation, permute_shape
 from . import TargetRequest, TargetResult
 
 if TYPE_CHECKING:
@@ -51,6 +57,8 @@ if TYPE_CHECKING:
 __all__ = ["convert"]
 
 logger = logging.getLogger(__name__)
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def convert(request: TargetRequest) -> TargetResult:
@@ -120,10 +128,18 @@ def _run(profile: DeviceProfile, step: Callable[[], Any]) -> bytes:
     except ConversionError:
         raise
     except Exception as exc:
-        reason = str(exc).strip().splitlines()
+        lines = str(exc).strip().splitlines()
+        select = [line for line in lines if line.startswith("TF Select ops:")]
+        if select:  # the model needs TensorFlow kernels that LiteRT's built-in operators lack
+            reason = (
+                "LiteRT has no built-in operator for "
+                f"{select[-1].partition(':')[2].strip()} (TensorFlow kernels, TF Select, "
+                "are not part of the artifacts this converter makes)"
+            )
+        else:
+            reason = lines[-1] if lines else type(exc).__name__
         raise ConversionError(
-            f"{profile.name}: the TFLite converter failed ({profile.precision}): "
-            f"{reason[-1] if reason else type(exc).__name__}"
+            f"{profile.name}: the TFLite converter failed ({profile.precision}): {reason}"
         ) from exc
 
 
@@ -218,6 +234,82 @@ def _int8_outputs(flatbuffer: bytes, names: list[str], request: TargetRequest) -
     return bytes(util._convert_model_from_object_to_bytearray(model))
 
 
+def unsupported_operators(model: Any) -> list[str]:
+    """The standard-domain operators of ``model`` (subgraphs included) that onnx2tf has no
+    converter for: onnx2tf converts each operator with its module ``onnx2tf.ops.<OpType>``."""
+    kinds: set[str] = set()
+
+    def walk(graph: Any) -> None:
+        for node in graph.node:
+            if node.domain in ("", "ai.onnx"):
+                kinds.add(str(node.op_type))
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    walk(attribute.g)
+                for sub in attribute.graphs:
+                    walk(sub)
+
+    walk(model.graph)
+    return sorted(k for k in kinds if importlib.util.find_spec(f"onnx2tf.ops.{k}") is None)
+
+
+def _outputs_as_source(folder: Path, source: OnnxSource) -> Path:
+    """onnx2tf gives 3- to 5-D outputs channels-last too; a SavedModel that transposes each such
+    output back to the source's shape (a new folder beside ``folder``), or ``folder`` when no
+    output was moved."""
+    tf = import_tensorflow()
+    try:
+        loaded = tf.saved_model.load(str(folder))
+        signature = loaded.signatures["serving_default"]
+    except Exception as exc:
+        raise TargetUnavailableError(
+            f"{source.filename}: onnx2tf wrote a SavedModel TensorFlow cannot load: {exc}"
+        ) from exc
+    produced = signature.structured_outputs
+    back: dict[str, tuple[int, ...]] = {}
+    for spec in source.outputs:
+        tensor = produced.get(spec.name)
+        if tensor is None or not 3 <= len(spec.shape) <= 5:
+            continue
+        shape = tuple(-1 if d is None else int(d) for d in tensor.shape)
+        perm = (0, *range(2, len(spec.shape)), 1)
+        if not _same_shape(shape, spec.shape) and _same_shape(
+            shape, permute_shape(spec.shape, perm)
+        ):
+            back[spec.name] = inverse_permutation(perm)
+    if not back:
+        return folder
+    inputs = signature.structured_input_signature[1]
+    names = list(inputs)
+
+    def serve(*args: Any) -> dict[str, Any]:
+        result = signature(**dict(zip(names, args, strict=True)))
+        return {k: tf.transpose(v, back[k]) if k in back else v for k, v in result.items()}
+
+    function = tf.function(serve, input_signature=[inputs[name] for name in names])
+    module = tf.Module()
+    module.keep = loaded
+    module.serve = function
+    wrapped = folder.with_name(folder.name + "-source-outputs")
+    try:
+        with quiet_stdout():
+            tf.saved_model.save(
+                module,
+                str(wrapped),
+                signatures={"serving_default": function.get_concrete_function()},
+            )
+    except Exception as exc:
+        raise ConversionError(
+            f"{source.filename}: cannot put onnx2tf's outputs back in the source's layout: {exc}"
+        ) from exc
+    return wrapped
+
+
+def _same_shape(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Equal, a variable dimension (-1) matching any."""
+    return len(a) == len(b) and all(x == y or x < 0 or y < 0 for x, y in zip(a, b, strict=True))
+
+
 def _representative(
     calibration: SampleSet,
     perms: Mapping[str, tuple[int, ...]],
@@ -244,7 +336,11 @@ def _representative(
 
 
 def _from_onnx(request: TargetRequest) -> tuple[Path, dict[str, tuple[int, ...]], dict[str, str]]:
-    """ONNX -> SavedModel through onnx2tf, which moves the channel axis of 3- to 5-D inputs last."""
+    """ONNX -> SavedModel through onnx2tf, which moves the channel axis of 3- to 5-D inputs last
+    (an input the source already has channels-last keeps its shape).
+
+    A model onnx2tf cannot convert (an operator it has no converter for, or any failure of its
+    own) raises :class:`TargetUnavailableError` (exit 6) with onnx2tf's reason."""
     source = request.source
     assert isinstance(source, OnnxSource)
     try:
@@ -252,29 +348,63 @@ def _from_onnx(request: TargetRequest) -> tuple[Path, dict[str, tuple[int, ...]]
     except ImportError as exc:
         raise TargetUnavailableError(
             f"a TFLite target from an ONNX source needs onnx2tf, which is not installed ({exc}); "
-            "`pip install onnx2tf` (with its dependencies: onnx_graphsurgeon, sng4onnx, "
-            "onnxsim), or convert from the Keras or SavedModel source instead"
+            "install the `onnx2tf` extra and `pip install --no-deps 'tf-keras>=2.21,<2.22'` "
+            "(docs/converter.md), or convert from the Keras or SavedModel source instead"
         ) from exc
+    version = str(getattr(onnx2tf, "__version__", "?"))
     if request.profile.input_layout == "NCHW":
         raise ConversionError(
             f"{request.profile.name}: onnx2tf makes NHWC inputs; an NCHW TFLite target from an "
             "ONNX source is not supported"
         )
+    if request.work_dir in source.saved_models:
+        return source.saved_models[request.work_dir]
+    missing = unsupported_operators(source.model)
+    if missing:
+        raise TargetUnavailableError(
+            f"{source.filename}: onnx2tf {version} cannot convert this model: it has no converter "
+            f"for the operator(s) {', '.join(missing)}; replace them in the source model, or "
+            "convert to an ONNX target instead"
+        )
+    # onnx2tf takes every 3- to 5-D input as channels-first and moves the channel axis last;
+    # an input already channels-last (a 4-D image with its channels last) keeps its shape.
+    channels_last = [spec.name for spec in source.inputs if spec.layout == "NHWC"]
     folder = Path(tempfile.mkdtemp(prefix="onnx2tf-", dir=request.work_dir))
+    printed = io.StringIO()
     try:
-        with quiet_stdout():
+        with contextlib.redirect_stdout(printed):
             onnx2tf.convert(
                 input_onnx_file_path=str(source.path),
                 output_folder_path=str(folder),
+                keep_nwc_or_nhwc_or_ndhwc_input_names=channels_last or None,
                 non_verbose=True,
             )
-    except Exception as exc:
-        raise ConversionError(f"{source.filename}: onnx2tf failed: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # onnx2tf ends with sys.exit(1) on some failures
+        errors = [
+            line.strip()
+            for line in _ANSI.sub("", printed.getvalue()).splitlines()
+            if "ERROR" in line
+        ]
+        if not isinstance(exc, SystemExit):
+            reason = _ANSI.sub("", str(exc)).strip() or type(exc).__name__
+        else:
+            reason = "; ".join(errors[-3:]) or f"it exited with code {exc.code}"
+        raise TargetUnavailableError(
+            f"{source.filename}: onnx2tf {version} cannot convert this model: {reason}"
+        ) from exc
+    finally:
+        if printed.getvalue().strip():
+            logger.debug("onnx2tf output:\n%s", printed.getvalue().strip())
     if not (folder / "saved_model.pb").is_file():
-        raise ConversionError(f"{source.filename}: onnx2tf wrote no SavedModel")
+        raise TargetUnavailableError(
+            f"{source.filename}: onnx2tf {version} cannot convert this model: it wrote no "
+            "SavedModel"
+        )
     perms = {
         spec.name: (0, *range(2, len(spec.shape)), 1)
         for spec in source.inputs
-        if 3 <= len(spec.shape) <= 5
+        if 3 <= len(spec.shape) <= 5 and spec.name not in channels_last
     }
-    return folder, perms, {"onnx2tf": str(getattr(onnx2tf, "__version__", "?"))}
+    folder = _outputs_as_source(folder, source)
+    source.saved_models[request.work_dir] = (folder, perms, {"onnx2tf": version})
+    return source.saved_models[request.work_dir]
