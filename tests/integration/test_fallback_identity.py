@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.errors import QueuedError, ResponseError
+from edge_agent.errors import QueuedError
 from tests.support.broker import Broker
 from tests.support.fallback import AgentProcess, fallback_repository, start_mqtt_hub
 from tests.support.models import (
