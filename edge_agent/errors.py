@@ -18,6 +18,7 @@ known failure; the original stays on ``__cause__``.
      │    │                          (cloud_unavailable)
      │    └── OutboxFullError        the on-disk outbox holds as many requests as it may
      │                               (outbox_full)
+     ├── OutboxConflictError         a queued request's id reused for other inputs (409, conflict)
      ├── InputError                  inputs that do not fit the model: names, datatypes, shapes
      │                               (400, bad_input)
      ├── InferenceError              the interpreter failed while running the model
@@ -55,6 +56,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelNotReadyError",
+    "OutboxConflictError",
     "OutboxFullError",
     "QueuedError",
     "ResponseError",
@@ -114,6 +116,15 @@ class OutboxFullError(UnavailableError):
     """The on-disk outbox is full; the request was not queued."""
 
     kind = "outbox_full"
+
+
+class OutboxConflictError(AgentError):
+    """A request for a model that queues reuses the id of a queued request (pending, or answered
+    and not yet expired) with other inputs; the id is that request's idempotency key, so this one
+    is refused rather than given the other's answer."""
+
+    status = 409
+    kind = "conflict"
 
 
 class CloudTimeoutError(AgentError):

@@ -48,6 +48,7 @@ from .envelope import (
     CONTENT_TYPE_FRAME,
     CONTENT_TYPE_JSON,
     FRAME_MAGIC,
+    TRANSIENT_ERROR_STATUSES,
     MqttErrorResponse,
     MqttInferenceRequest,
     content_type_of,
@@ -56,6 +57,7 @@ from .envelope import (
     encode_mqtt_error,
     encode_mqtt_request,
     encode_mqtt_response,
+    transient_error,
 )
 from .errors import (
     BinaryFormatError,
@@ -153,6 +155,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "RELEASE_FILENAME",
     "REQUEST_ID_MAX_BYTES",
+    "TRANSIENT_ERROR_STATUSES",
     "VERSION",
     "VERSION_PATTERN",
     "ArtifactFormat",
@@ -244,6 +247,7 @@ __all__ = [
     "shared_request_subscription",
     "status_topic",
     "telemetry_topic",
+    "transient_error",
     "validate_device_id",
     "wants_binary_output",
 ]

@@ -39,6 +39,7 @@ __all__ = [
     "CONTENT_TYPE_FRAME",
     "CONTENT_TYPE_JSON",
     "FRAME_MAGIC",
+    "TRANSIENT_ERROR_STATUSES",
     "MqttErrorResponse",
     "MqttInferenceRequest",
     "content_type_of",
@@ -49,6 +50,7 @@ __all__ = [
     "encode_mqtt_request",
     "encode_mqtt_response",
     "split_frame",
+    "transient_error",
 ]
 
 FRAME_MAGIC = b"HIB1"
@@ -76,6 +78,27 @@ class MqttErrorResponse(ErrorResponse):
     status: Annotated[StrictInt, Field(ge=400, le=599)] | None = None
     retry_after_s: Annotated[float, Field(ge=0)] | None = None
     """With 429 and 503: the seconds after which the sender may try again."""
+
+
+TRANSIENT_ERROR_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+"""Error statuses that may change on retry (overload, a model reloading, a rate limit): such an
+answer is never final; the sender tries again within its deadline. Every other error status, and
+every model answer, is final."""
+
+
+def transient_error(payload: Buffer) -> MqttErrorResponse | None:
+    """The error reply in ``payload`` when its status is transient, else ``None`` (a model
+    answer, a final error, or bytes that are neither). Error replies are always plain JSON."""
+    head = bytes(payload[:1])
+    if head != b"{" or b'"status"' not in payload:
+        return None
+    try:
+        message = MqttErrorResponse.model_validate_json(bytes(payload))
+    except ValueError:
+        return None
+    if message.status in TRANSIENT_ERROR_STATUSES:
+        return message
+    return None
 
 
 def encode_frame(body: EncodedBody) -> bytes:

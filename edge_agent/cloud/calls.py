@@ -4,6 +4,7 @@ touches the MQTT codec or the outbox's rows."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ from ..errors import CloudLinkError, CloudRequestError
 from ..reply import ReplyFormat
 from ..runtime import Array
 
-__all__ = ["CloudCall", "CloudResult", "QueuedCall", "decode_answer"]
+__all__ = ["CloudCall", "CloudResult", "QueuedCall", "call_digest", "decode_answer"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -70,6 +71,18 @@ class QueuedCall:
         if self.dead:
             return "dead"
         return "answered" if self.answered else "pending"
+
+
+def call_digest(call: CloudCall) -> str:
+    """What the app asked for (model, version, inputs, outputs), as a digest: the outbox tells a
+    repeat of a queued request (same id, same digest) from a reused id (another digest)."""
+    digest = hashlib.sha256()
+    digest.update(f"{call.model}\0{call.version}\0{list(call.outputs or [])}\0".encode())
+    for name in sorted(call.inputs):
+        array = call.inputs[name]
+        digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def decode_answer(payload: bytes, *, model: str, round_trip_s: float | None = None) -> CloudResult:

@@ -7,7 +7,11 @@ breaker and the link's free slots allow. While the breaker is open nothing is se
 half-open, the first request sent is the probe that closes it again.
 
 Delivery is at least once, answers are kept once: a request is sent until an answer is stored,
-with the same id every time, and the first answer stored for an id is the one the app gets.
+with the same wire id every time (its own, kept in the outbox), and the first answer stored for
+it is the one the app gets. Only a model's answer or a final error is stored: a transient error
+(the hub busy, failing, or rate-limiting this device) leaves the request pending, due again after
+the larger of the hub's ``retry_after_s`` and a doubling backoff with jitter, until a real answer
+or its TTL; 429 is not a breaker failure, 500 and 503 are.
 A request the link fails to send (an error with that message itself, not a timeout) is tried
 again after a backoff, and after ``outbox.max_failures`` failures it becomes a dead letter.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -104,6 +109,9 @@ class Delivery:
                 self._events.put(("timeout", request_id, None))
             elif isinstance(answer, CloudFailure):
                 self._events.put(("failed", request_id, answer.reason.encode("utf-8")))
+            elif answer.transient:
+                hint = f"{answer.status or ''}:{answer.retry_after_s or ''}"
+                self._events.put(("busy", request_id, hint.encode("ascii")))
             else:
                 self._metrics.cloud_round_trip_seconds.observe(answer.round_trip_s)
                 self._events.put(("sent-answer", request_id, answer.payload))
@@ -151,6 +159,10 @@ class Delivery:
                 kind, key, payload = self._events.get(block=False)
             except queue.Empty:
                 break
+            if kind == "busy":
+                self._sending.discard(key)
+                self._busy_again(key, (payload or b":").decode("ascii"))
+                continue
             if kind == "failed":
                 self._sending.discard(key)
                 self._breaker.release()
@@ -177,9 +189,25 @@ class Delivery:
             else:
                 self._metrics.cloud_answers_dropped.labels(reason=outcome.value).inc()
 
+    def _busy_again(self, wire_id: str, hint: str) -> None:
+        """The cloud only answered with a transient error: the request stays pending, due again
+        after the hub's hint or a doubling backoff with jitter, whichever is longer."""
+        status_text, _, retry_text = hint.partition(":")
+        status = int(status_text) if status_text else None
+        if status == 429:
+            self._breaker.release()
+        else:
+            self._breaker.record_failure()
+        self._metrics.cloud_requests.labels(outcome="busy").inc()
+        stored = self._outbox.by_wire_id(wire_id)
+        attempts = stored.attempts if stored is not None else 1
+        backoff_s = min(FAILURE_BACKOFF_S * 2 ** max(attempts - 1, 0), FAILURE_BACKOFF_MAX_S)
+        wait_s = max(float(retry_text) if retry_text else 0.0, backoff_s * random.uniform(0.5, 1))
+        self._outbox.retry_now([wire_id], after_s=wait_s)
+
     def _failed(self, request_id: str, reason: str) -> None:
         """The link failed this request: due again after a backoff, or a dead letter."""
-        stored = self._outbox.get(request_id)
+        stored = self._outbox.by_wire_id(request_id)
         attempts = stored.attempts if stored is not None else 1
         backoff_s = min(FAILURE_BACKOFF_S * 2 ** max(attempts - 1, 0), FAILURE_BACKOFF_MAX_S)
         if self._outbox.mark_failed(request_id, reason, retry_after_s=backoff_s):
@@ -220,21 +248,21 @@ class Delivery:
                     break
                 try:
                     self._link.submit(
-                        item.request_id,
+                        item.wire_id,
                         item.payload,
                         deadline=self._clock() + item.deadline_s,
-                        callback=self._on_result(item.request_id),
+                        callback=self._on_result(item.wire_id),
                     )
                 except CloudUnavailableError:
                     self._breaker.release()
                     break
                 except CloudLinkError as exc:  # this message cannot be sent: it alone fails
                     self._breaker.release()
-                    self._outbox.mark_sent([item.request_id], retry_after_s=item.deadline_s)
-                    self._failed(item.request_id, str(exc))
+                    self._outbox.mark_sent([item.wire_id], retry_after_s=item.deadline_s)
+                    self._failed(item.wire_id, str(exc))
                     continue
-                self._sending.add(item.request_id)
-                sent.append((item.request_id, item.deadline_s))
+                self._sending.add(item.wire_id)
+                sent.append((item.wire_id, item.deadline_s))
             by_deadline: dict[float, list[str]] = {}
             for request_id, deadline_s in sent:
                 by_deadline.setdefault(deadline_s, []).append(request_id)

@@ -13,13 +13,29 @@ down, the breaker is open or no slot frees in time, and otherwise waits for the 
 call's deadline (:class:`CloudTimeoutError`), the link sending it again meanwhile.
 :meth:`enqueue` puts a request in the on-disk outbox, from which :class:`Delivery` sends it when
 the cloud can be reached; its answer waits there for :meth:`lookup`.
+
+Request identity: every cloud call travels under a wire id of its own (:func:`new_wire_id`, a
+random UUID), never under the app's id, which stays here and goes back to the app only. So two
+apps that use the same ids, or an app whose counter restarts, can never be given each other's
+answers, and the hub's dedup record (per device and id) only ever joins copies of one call. A
+queued request keeps its wire id in the outbox (inside its stored payload too), so the copies sent
+after an agent restart are still the same call to the hub.
+
+Transient errors (``TRANSIENT_ERROR_STATUSES``: the hub busy, failing or rate-limiting this
+device) are retried by the link within the deadline; if that is all the cloud said by then,
+:meth:`infer` raises :class:`CloudUnavailableError` with the cause (the router then answers
+locally marked degraded, queues, or fails, per ``on_cloud_unavailable``), and the outbox keeps a
+queued request pending. 500, 503 and the like count as breaker failures; 429 does not (the hub
+is up and asks this device alone to slow down), it only ends the call.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,18 +53,23 @@ from ..errors import (
 from ..metrics import AgentMetrics
 from ..reply import ReplyFormat
 from .breaker import BreakerState, CircuitBreaker
-from .calls import CloudCall, CloudResult, QueuedCall, decode_answer
+from .calls import CloudCall, CloudResult, QueuedCall, call_digest, decode_answer
 from .delivery import Delivery
 from .link import CloudAnswer, CloudFailure, CloudLink
 from .outbox import Outbox, QueuedRequest, RequestState, StoredRequest
 from .telemetry import TelemetryReporter, telemetry_message
 
-__all__ = ["OUTBOX_FILENAME", "CloudGateway"]
+__all__ = ["OUTBOX_FILENAME", "CloudGateway", "new_wire_id"]
 
 logger = logging.getLogger(__name__)
 
 OUTBOX_FILENAME = "outbox.sqlite3"
 _WAIT_GRACE_S = 1.0
+
+
+def new_wire_id() -> str:
+    """A request id for the wire, unique to one cloud call (the app's id stays on the device)."""
+    return uuid.uuid4().hex
 
 
 class _Waiter:
@@ -98,7 +119,7 @@ class CloudGateway:
         metrics.cloud_breaker_state.set(BreakerState.CLOSED.gauge)
         self._outcome = {
             outcome: metrics.cloud_requests.labels(outcome=outcome)
-            for outcome in ("answered", "error", "timeout", "unavailable")
+            for outcome in ("answered", "busy", "error", "timeout", "unavailable")
         }
         self.outbox: Outbox | None = None
         self.link: CloudLink | None = None
@@ -193,10 +214,11 @@ class CloudGateway:
         if silent_wait_s is not None and link.silent_for_s() >= silent_wait_s:
             wait_s = min(wait_s, silent_wait_s)  # the cloud has just gone silent
         waiter = _Waiter()
+        wire_id = new_wire_id()
         try:
-            payload = self._encode(call)
+            payload = self._encode(call, wire_id)
             link.submit(
-                call.request_id,
+                wire_id,
                 payload,
                 deadline=start + wait_s,
                 callback=waiter,
@@ -224,6 +246,16 @@ class CloudGateway:
             raise CloudTimeoutError(
                 f"the cloud did not answer for {call.model!r} within {wait_s:g} s"
             )
+        if answer.transient:
+            if answer.status == 429:  # the hub is up; this device is over its share
+                self.breaker.release()
+            else:
+                self.breaker.record_failure()
+            self._outcome["busy"].inc()
+            raise CloudUnavailableError(
+                f"the cloud could not take the request for {call.model!r} within {wait_s:g} s: "
+                f"{_error_text(answer.payload)} (status {answer.status})"
+            )
         self.breaker.record_success()
         self._metrics.cloud_round_trip_seconds.observe(answer.round_trip_s)
         try:
@@ -242,10 +274,13 @@ class CloudGateway:
         outbox, delivery = self.outbox, self._delivery
         if outbox is None or delivery is None:
             raise CloudUnavailableError("the cloud link is not started")
+        wire_id = new_wire_id()
         stored = outbox.add(
             QueuedRequest(
                 request_id=call.request_id,
-                payload=self._encode(call),
+                wire_id=wire_id,
+                payload=self._encode(call, wire_id),
+                digest=call_digest(call),
                 reply=reply,
                 deadline_s=call.deadline_s,
             )
@@ -287,12 +322,12 @@ class CloudGateway:
 
     # -- callbacks ---------------------------------------------------------------------------
 
-    def _encode(self, call: CloudCall) -> bytes:
+    def _encode(self, call: CloudCall, wire_id: str) -> bytes:
         payload = encode_mqtt_request(
             call.model,
             call.inputs,
             model_version=call.version,
-            id=call.request_id,
+            id=wire_id,
             parameters=dict(call.parameters) or None,
             outputs=call.outputs,
             binary=True,
@@ -336,6 +371,13 @@ class CloudGateway:
 
     def _dropped(self, kind: str, reason: str, count: int) -> None:
         self._metrics.outbox_dropped.labels(kind=kind, reason=reason).inc(count)
+
+
+def _error_text(payload: bytes) -> str:
+    try:
+        return str(json.loads(payload).get("error", "an error"))
+    except (ValueError, AttributeError):
+        return "an error"
 
 
 def _queued(stored: StoredRequest) -> QueuedCall:

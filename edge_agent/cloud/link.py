@@ -15,6 +15,11 @@
   broker (a large message takes a while): a request is published once per attempt. The first answer resolves it; later answers, and answers to ids nobody here
   waits for, go to ``on_unmatched`` (the outbox keeps those it queued; the rest are dropped and
   counted).
+- An error reply whose status may change on retry (``TRANSIENT_ERROR_STATUSES``: 429, 500, 503,
+  ...) does not end the request: the next copy goes after the larger of the hub's
+  ``retry_after_s`` and the doubled wait with jitter (half to all of it), within the deadline.
+  When no copy can go before the deadline, or the deadline passes, the callback gets that last
+  error as a :class:`CloudAnswer` with ``transient`` set (never an answer to keep).
 - At most ``max_in_flight`` requests await answers at once.
 - Other subscriptions (the updater's fleet topic) are added with :meth:`CloudLink.add_subscription`
   and made again on every connect; their messages go to their handler.
@@ -40,6 +45,7 @@ import itertools
 import json
 import logging
 import math
+import random
 import socket
 import ssl
 import struct
@@ -63,6 +69,7 @@ from protocols import (
     infer_request_topic,
     infer_response_topic,
     status_topic,
+    transient_error,
 )
 from protocols.envelope import split_frame
 
@@ -102,6 +109,13 @@ class CloudAnswer:
     round_trip_s: float
     """From the first send to this answer."""
     attempts: int
+    transient: bool = False
+    """``payload`` is an error that may change on retry (the hub busy, rate-limited, failing):
+    the last thing heard before the deadline; not an answer to keep."""
+    status: int | None = None
+    """A transient error's status."""
+    retry_after_s: float | None = None
+    """A transient error's hint: the hub takes no copy before this many seconds."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -191,6 +205,7 @@ def request_properties(
 class _Pending:
     __slots__ = (
         "attempts",
+        "busy",
         "callbacks",
         "deadline",
         "first_sent",
@@ -208,6 +223,8 @@ class _Pending:
         self.first_sent = 0.0
         self.next_send = 0.0
         self.scheduled = 0.0
+        self.busy: CloudAnswer | None = None
+        """The last transient error the hub answered this request with."""
         self.info: mqtt.MQTTMessageInfo | None = None
         """The last copy published: while the broker has not acknowledged it, no other goes."""
 
@@ -588,7 +605,7 @@ class CloudLink:
                 self._send(request_id, entry, now)
             for entry in expired:
                 self._slots.release()
-                self._finish(entry, None)
+                self._finish(entry, entry.busy)
             self._metrics.cloud_in_flight.set(len(self._pending))
 
     def _finish(self, entry: _Pending, answer: CloudAnswer | CloudFailure | None) -> None:
@@ -673,6 +690,12 @@ class CloudLink:
         plus the time a copy of this size needs (``RESEND_BYTES_PER_S``)."""
         base = min(self._config.retry_interval_s * 2 ** max(attempts - 1, 0), RETRY_MAX_S)
         return float(base + len(entry.payload) / RESEND_BYTES_PER_S)
+
+    def _jittered(self, entry: _Pending, attempts: int) -> float:
+        """The wait before the next copy after a transient error: the doubled wait, cut to
+        between half and all of it at random, so that devices turned away together do not
+        come back together."""
+        return self._backoff(entry, attempts) * random.uniform(0.5, 1.0)
 
     def abandon_pending(self) -> int:
         """End every request awaiting an answer now, as if its deadline had passed (every hub
@@ -769,9 +792,34 @@ class CloudLink:
                 self._metrics.cloud_answers_dropped.labels(reason="malformed").inc()
                 logger.warning("dropped an answer with neither correlation data nor an id")
                 return
+        busy = transient_error(payload)
+        now = self._clock()
         with self._cond:
-            entry = self._pending.pop(request_id, None)
+            entry = self._pending.get(request_id)
+            if entry is not None and busy is not None:
+                self._last_answer_mono = now  # busy, not silent
+                entry.busy = CloudAnswer(
+                    request_id=request_id,
+                    payload=payload,
+                    round_trip_s=now - entry.first_sent,
+                    attempts=entry.attempts,
+                    transient=True,
+                    status=busy.status,
+                    retry_after_s=busy.retry_after_s,
+                )
+                wait_s = max(busy.retry_after_s or 0.0, self._jittered(entry, entry.attempts))
+                if now + wait_s < entry.deadline:  # try again then; the timer sends it
+                    self._metrics.cloud_answers_dropped.labels(reason="transient").inc()
+                    entry.info = None
+                    entry.next_send = now + wait_s
+                    self._schedule(entry, request_id)
+                    return
+            if entry is not None:
+                del self._pending[request_id]
         if entry is None:
+            if busy is not None:  # a transient error for a request no longer waiting here
+                self._metrics.cloud_answers_dropped.labels(reason="transient").inc()
+                return
             try:
                 self._on_unmatched(request_id, payload)
             except Exception:
@@ -779,7 +827,10 @@ class CloudLink:
             return
         self._slots.release()
         self._metrics.cloud_in_flight.set(len(self._pending))
-        round_trip_s = self._clock() - entry.first_sent
+        if busy is not None:  # no copy can go before the deadline: the caller decides now
+            self._finish(entry, entry.busy)
+            return
+        round_trip_s = now - entry.first_sent
         self._answered(round_trip_s)
         self._finish(
             entry,

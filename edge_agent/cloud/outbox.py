@@ -3,7 +3,8 @@
 One database file in ``data_dir`` (WAL mode, standard library ``sqlite3``), so what was queued
 survives the agent being killed (``synchronous: normal``) or the power going (``full``).
 
-- A request is added once per id (adding a known id again changes nothing), waits as
+- A request is added once per app id (adding a known id again with the same content changes
+  nothing; with other content it is refused, :class:`OutboxConflictError`), waits as
   ``pending`` until an answer is recorded, then stays ``answered`` for ``answer_ttl_s`` so the
   app can fetch it; the first answer recorded wins, later ones are reported as duplicates.
 - A request the link keeps failing to send (an error with that message, not a timeout) moves
@@ -11,7 +12,15 @@ survives the agent being killed (``synchronous: normal``) or the power going (``
   kept for ``answer_ttl_s`` so the app learns what became of it.
 - A pending request older than ``ttl_s`` is dropped; with ``max_requests`` rows (pending and
   answered) a new request is refused. Telemetry is bounded by dropping the oldest.
-- Times stored are wall-clock seconds (they must mean something after a restart).
+- Each request also has its wire id, the id it travels under (unique to it, stored with it and
+  inside its payload): delivery sends, fails and answers requests by wire id; apps look them up
+  by their own id.
+- Times are seconds of the outbox's own clock, which counts the agent's running time: monotonic
+  within a run (a wall-clock step, such as NTP setting the clock of a board without a
+  real-time clock at boot, moves nothing), carried over restarts by the value persisted in the
+  file (at each purge and at close). TTLs therefore count time the agent runs; time while it is
+  stopped or the board is off does not count, and up to one purge interval of a run killed
+  outright may be counted again (a TTL then ends that much later, never earlier).
 
 One connection, guarded by a lock: the writes are small and the request path only writes here
 when the cloud is out of reach.
@@ -30,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import OutboxConfig
-from ..errors import ConfigError, OutboxFullError
+from ..errors import ConfigError, OutboxConflictError, OutboxFullError
 from ..reply import ReplyFormat
 
 __all__ = [
@@ -40,16 +49,22 @@ __all__ = [
     "OutboxDepth",
     "QueuedRequest",
     "RequestState",
+    "RunningClock",
     "StoredRequest",
 ]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATIONS = {
     1: (
         "ALTER TABLE requests ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE requests ADD COLUMN failure TEXT",
+    ),
+    2: (
+        "ALTER TABLE requests ADD COLUMN wire_id TEXT",
+        "ALTER TABLE requests ADD COLUMN digest TEXT",
+        "UPDATE requests SET wire_id = id",  # their payloads carry the app's id
     ),
 }
 """Statements that bring a database of the key's schema version to the next."""
@@ -67,7 +82,14 @@ CREATE TABLE IF NOT EXISTS requests (
     answer BLOB,
     answered_s REAL,
     failures INTEGER NOT NULL DEFAULT 0,
-    failure TEXT
+    failure TEXT,
+    wire_id TEXT,
+    digest TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS requests_wire ON requests (wire_id);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS requests_due ON requests (state, next_attempt_s, created_s);
 CREATE INDEX IF NOT EXISTS requests_expiry ON requests (expires_s);
@@ -98,9 +120,26 @@ class AnswerOutcome(str, enum.Enum):
     """No such request here (never queued, or expired)."""
 
 
+class RunningClock:
+    """The outbox's clock: ``start_s`` plus the monotonic time since it was made."""
+
+    def __init__(self, start_s: float) -> None:
+        self._start_s = start_s
+        self._mono0 = time.monotonic()
+
+    def __call__(self) -> float:
+        return self._start_s + (time.monotonic() - self._mono0)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class QueuedRequest:
     request_id: str
+    """The app's id: how the app looks it up."""
+    wire_id: str = ""
+    """The id it travels under; the app's id when empty."""
+    digest: str = ""
+    """What the app asked for (:func:`~.calls.call_digest`); a known id with another digest is
+    refused."""
     payload: bytes
     """The MQTT request, ready to publish."""
     reply: ReplyFormat = field(default_factory=ReplyFormat)
@@ -121,11 +160,14 @@ class StoredRequest:
     answered_s: float | None = None
     failure: str | None = None
     """Why the link failed it last (set when ``state`` is ``dead``, and on earlier failures)."""
+    wire_id: str = ""
+    digest: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DueRequest:
     request_id: str
+    wire_id: str
     payload: bytes
     deadline_s: float
     attempts: int
@@ -148,15 +190,22 @@ class Outbox:
         path: Path | str,
         *,
         config: OutboxConfig,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         on_drop: DropCallback | None = None,
     ) -> None:
+        """``clock`` replaces the running clock (tests)."""
         self.path = Path(path)
         self._config = config
-        self._clock = clock
         self._on_drop = on_drop
         self._lock = threading.Lock()
         self._db = self._open()
+        self._running = clock is None
+        if clock is None:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'clock_s'").fetchone()
+            # A new file (or one from before the running clock) starts at the wall clock, so
+            # that times already stored keep their meaning.
+            clock = RunningClock(time.time() if row is None else float(row[0]))
+        self._clock = clock
         self._pending, self._answered, self._dead, self._telemetry = self._count()
         logger.info(
             "outbox %s: %d pending request(s), %d answer(s), %d telemetry message(s)",
@@ -172,9 +221,15 @@ class Outbox:
         """Queue ``request``; a known id is left as it is and returned. :class:`OutboxFullError`
         when full."""
         now = self._clock()
+        wire_id = request.wire_id or request.request_id
         with self._lock, self._db:
             existing = self._get(request.request_id, now)
             if existing is not None:
+                if request.digest and existing.digest and existing.digest != request.digest:
+                    raise OutboxConflictError(
+                        f"request id {request.request_id[:80]!r} is already queued for other "
+                        "inputs; use a new id (an id is only reused once its answer expired)"
+                    )
                 return existing
             if self._pending + self._answered + self._dead >= self._config.max_requests:
                 self._drop("request", "full", 1)
@@ -185,7 +240,7 @@ class Outbox:
             self._db.execute("DELETE FROM requests WHERE id = ?", (request.request_id,))  # expired
             self._db.execute(
                 "INSERT INTO requests (id, payload, reply, deadline_s, created_s, expires_s, "
-                "next_attempt_s, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "next_attempt_s, state, wire_id, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request.request_id,
                     request.payload,
@@ -195,6 +250,8 @@ class Outbox:
                     now + self._config.ttl_s,
                     now,
                     RequestState.PENDING.value,
+                    wire_id,
+                    request.digest or None,
                 ),
             )
             self._pending += 1
@@ -204,6 +261,8 @@ class Outbox:
             attempts=0,
             created_s=now,
             reply=request.reply,
+            wire_id=wire_id,
+            digest=request.digest or None,
         )
 
     def get(self, request_id: str) -> StoredRequest | None:
@@ -211,29 +270,41 @@ class Outbox:
         with self._lock:
             return self._get(request_id, self._clock())
 
+    def by_wire_id(self, wire_id: str) -> StoredRequest | None:
+        """The request sent under ``wire_id``, or ``None``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id FROM requests WHERE wire_id = ? AND expires_s > ?",
+                (wire_id, self._clock()),
+            ).fetchone()
+            return None if row is None else self._get(row[0], self._clock())
+
     def knows(self, request_id: str) -> bool:
         return self.get(request_id) is not None
 
     def due(self, limit: int, exclude: Collection[str] = ()) -> list[DueRequest]:
-        """Pending requests whose next attempt is due, oldest first, skipping ``exclude``."""
+        """Pending requests whose next attempt is due, oldest first, skipping the wire ids in
+        ``exclude``."""
         if limit <= 0:
             return []
         now = self._clock()
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, payload, deadline_s, attempts FROM requests WHERE state = ? AND "
+                "SELECT wire_id, payload, deadline_s, attempts, id FROM requests WHERE state = ? AND "
                 "next_attempt_s <= ? AND expires_s > ? ORDER BY next_attempt_s, created_s LIMIT ?",
                 (RequestState.PENDING.value, now, now, limit + len(exclude)),
             ).fetchall()
         due = [
-            DueRequest(request_id=r[0], payload=bytes(r[1]), deadline_s=r[2], attempts=r[3])
+            DueRequest(
+                request_id=r[4], wire_id=r[0], payload=bytes(r[1]), deadline_s=r[2], attempts=r[3]
+            )
             for r in rows
             if r[0] not in exclude
         ]
         return due[:limit]
 
     def mark_sent(self, request_ids: Iterable[str], *, retry_after_s: float) -> None:
-        """Count an attempt for each; none is due again before ``retry_after_s``."""
+        """Count an attempt for each (by wire id); none is due again before ``retry_after_s``."""
         ids = list(request_ids)
         if not ids:
             return
@@ -241,20 +312,21 @@ class Outbox:
         with self._lock, self._db:
             self._db.executemany(
                 "UPDATE requests SET attempts = attempts + 1, next_attempt_s = ? "
-                "WHERE id = ? AND state = ?",
+                "WHERE wire_id = ? AND state = ?",
                 [(retry_at, request_id, RequestState.PENDING.value) for request_id in ids],
             )
 
-    def retry_now(self, request_ids: Iterable[str]) -> None:
-        """Make these pending requests due at once (their attempt ended without an answer)."""
+    def retry_now(self, request_ids: Iterable[str], *, after_s: float = 0.0) -> None:
+        """Make these pending requests (by wire id) due after ``after_s`` (their attempt ended
+        without an answer to keep)."""
         ids = list(request_ids)
         if not ids:
             return
-        now = self._clock()
+        when = self._clock() + after_s
         with self._lock, self._db:
             self._db.executemany(
-                "UPDATE requests SET next_attempt_s = ? WHERE id = ? AND state = ?",
-                [(now, request_id, RequestState.PENDING.value) for request_id in ids],
+                "UPDATE requests SET next_attempt_s = ? WHERE wire_id = ? AND state = ?",
+                [(when, request_id, RequestState.PENDING.value) for request_id in ids],
             )
 
     def mark_failed(self, request_id: str, reason: str, *, retry_after_s: float) -> bool:
@@ -264,7 +336,7 @@ class Outbox:
         now = self._clock()
         with self._lock, self._db:
             row = self._db.execute(
-                "SELECT failures FROM requests WHERE id = ? AND state = ? AND expires_s > ?",
+                "SELECT failures FROM requests WHERE wire_id = ? AND state = ? AND expires_s > ?",
                 (request_id, RequestState.PENDING.value, now),
             ).fetchone()
             if row is None:
@@ -273,13 +345,13 @@ class Outbox:
             if failures < self._config.max_failures:
                 self._db.execute(
                     "UPDATE requests SET failures = ?, failure = ?, next_attempt_s = ? "
-                    "WHERE id = ?",
+                    "WHERE wire_id = ?",
                     (failures, reason, now + retry_after_s, request_id),
                 )
                 return False
             self._db.execute(
                 "UPDATE requests SET failures = ?, failure = ?, state = ?, payload = x'', "
-                "expires_s = ? WHERE id = ?",
+                "expires_s = ? WHERE wire_id = ?",
                 (
                     failures,
                     reason,
@@ -299,7 +371,8 @@ class Outbox:
         return True
 
     def record_answers(self, answers: Sequence[tuple[str, bytes]]) -> list[AnswerOutcome]:
-        """Store each answer, in one transaction; the first answer for an id wins."""
+        """Store each answer (by wire id), in one transaction; the first answer for a request
+        wins."""
         outcomes: list[AnswerOutcome] = []
         if not answers:
             return outcomes
@@ -309,7 +382,7 @@ class Outbox:
             for request_id, payload in answers:
                 cursor = self._db.execute(
                     "UPDATE requests SET state = ?, answer = ?, answered_s = ?, expires_s = ?, "
-                    "payload = x'' WHERE id = ? AND state = ? AND expires_s > ?",
+                    "payload = x'' WHERE wire_id = ? AND state = ? AND expires_s > ?",
                     (
                         RequestState.ANSWERED.value,
                         payload,
@@ -324,7 +397,9 @@ class Outbox:
                     self._pending -= 1
                     self._answered += 1
                     outcomes.append(AnswerOutcome.STORED)
-                elif self._get(request_id, now) is not None:
+                elif self._db.execute(
+                    "SELECT 1 FROM requests WHERE wire_id = ? AND expires_s > ?", (request_id, now)
+                ).fetchone():
                     outcomes.append(AnswerOutcome.DUPLICATE)
                 else:
                     outcomes.append(AnswerOutcome.UNKNOWN)
@@ -373,9 +448,11 @@ class Outbox:
     # -- upkeep ------------------------------------------------------------------------------
 
     def purge(self) -> None:
-        """Drop what outlived its TTL (each kind counted through ``on_drop``)."""
+        """Drop what outlived its TTL (each kind counted through ``on_drop``), and persist the
+        running clock."""
         now = self._clock()
         with self._lock, self._db:
+            self._save_clock(now)
             expired = {}
             for state, kind in (
                 (RequestState.PENDING, "request"),
@@ -406,7 +483,18 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
+            try:
+                with self._db:
+                    self._save_clock(self._clock())
+            except sqlite3.Error as exc:
+                logger.warning("outbox: could not save its clock at close: %s", exc)
             self._db.close()
+
+    def _save_clock(self, now: float) -> None:
+        if self._running:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('clock_s', ?)", (now,)
+            )
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -417,7 +505,8 @@ class Outbox:
 
     def _get(self, request_id: str, now: float) -> StoredRequest | None:
         row = self._db.execute(
-            "SELECT state, attempts, created_s, reply, answer, answered_s, failure FROM requests "
+            "SELECT state, attempts, created_s, reply, answer, answered_s, failure, wire_id, "
+            "digest FROM requests "
             "WHERE id = ? AND expires_s > ?",
             (request_id, now),
         ).fetchone()
@@ -432,6 +521,8 @@ class Outbox:
             answer=None if row[4] is None else bytes(row[4]),
             answered_s=row[5],
             failure=row[6],
+            wire_id=row[7] or request_id,
+            digest=row[8],
         )
 
     def _count(self) -> tuple[int, int, int, int]:
