@@ -798,7 +798,13 @@ def router(
     @api.get(
         "/v1/conversions/{job_id}/log",
         dependencies=[admin_scope],
-        response_class=PlainTextResponse,
+        # Errors stay {"error": ...} JSON; only the log itself is text.
+        responses={
+            200: {
+                "description": "the job's log, every attempt",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
     )
     async def get_log(job_id: str) -> PlainTextResponse:
         return PlainTextResponse(await service.log(job_id))
