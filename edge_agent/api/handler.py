@@ -164,6 +164,10 @@ class ApiHandler(BaseHTTPRequestHandler):
         self._reader.deadline = time.monotonic() + ctx.header_timeout_s
         try:
             self.raw_requestline = self.rfile.readline(65537)
+            for _ in range(8):  # RFC 9112 section 2.2: empty lines before a request are ignored
+                if self.raw_requestline not in (b"\r\n", b"\n"):
+                    break
+                self.raw_requestline = self.rfile.readline(65537)
             if len(self.raw_requestline) > 65536:
                 self.requestline = ""
                 self.request_version = ""
@@ -516,6 +520,7 @@ class ApiHandler(BaseHTTPRequestHandler):
     def finish(self) -> None:
         super().finish()
         if self._linger:
+            self._waiting(True)  # only draining what the client still sends: may make room
             self._discard_unread_body()
 
     def _discard_unread_body(self) -> None:

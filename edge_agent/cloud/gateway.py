@@ -204,6 +204,11 @@ class CloudGateway:
             raise CloudUnavailableError("the cloud link is not connected to the broker")
         if not self.breaker.allow():
             self._outcome["unavailable"].inc()
+            if link.hubs_online is False:
+                raise CloudUnavailableError(
+                    "every cloud hub says it is offline (its Last Will, or a clean stop); "
+                    "requests fail fast until one is back"
+                )
             raise CloudUnavailableError(
                 "the cloud circuit breaker is open after repeated timeouts; requests fail fast "
                 f"for up to {self.config.breaker.cooldown_s:g} s"

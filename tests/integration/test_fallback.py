@@ -220,22 +220,22 @@ def test_hub_down_local_degrades_error_fails_fast_queue_delivers_after_a_kill(
         for name in ("m_local", "m_error", "m_queue"):
             assert client.infer(name, one).served_by == "cloud"
 
-        # A clean stop: the hub's retained status turns offline, and the agent opens its breaker
-        # without waiting out deadlines (timeouts opening it: test_fallback_link.py).
-        hub.stop()
-        degraded = client.infer("m_local", one)
+        hub.stop()  # a clean stop: the hub's retained status turns offline, the breaker opens
+        deadline = time.monotonic() + 10
+        while agent.metric("edge_agent_cloud_hub_online") != 0:
+            assert time.monotonic() < deadline, "the agent did not learn the hub is offline"
+            time.sleep(0.02)
+        started = time.monotonic()
+        degraded = client.infer("m_local", one)  # at once: no deadline to wait out
         assert degraded.parameters == {
             "served_by": "edge",
             "fallback_reason": "cloud_unavailable",
             "degraded": True,
         }
-        deadline = time.monotonic() + 10
-        while agent.metric("edge_agent_cloud_breaker_state") != 2:
-            assert time.monotonic() < deadline, "the breaker did not open with every hub gone"
-            time.sleep(0.05)
-        with pytest.raises(ResponseError, match="breaker is open") as fast:
+        with pytest.raises(ResponseError, match="says it is offline") as fast:
             client.infer("m_error", one)
         assert fast.value.status == 503
+        assert time.monotonic() - started < 3.0  # not the 5 s deadline
         assert agent.metric("edge_agent_cloud_breaker_state") == 2
         assert client.infer("m_local", one).degraded
 

@@ -196,3 +196,39 @@ def test_a_client_that_goes_away_is_not_an_error(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_empty_lines_before_a_request_are_ignored(agent: Agent) -> None:
+    got, _, body = _parse(
+        _exchange(
+            agent, b"\r\n\n\r\nGET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+    )
+    assert (got, body) == (200, {"live": True})
+
+
+def test_a_garbled_request_line_after_an_empty_one_is_a_400(agent: Agent) -> None:
+    got, _, body = _parse(_exchange(agent, b'\n\x12"\xc8\x8f\xb8\xda&\xe3oYOST /\r\n\r\n'))
+    assert got == 400
+    assert body["error"]
+
+
+def test_connections_draining_a_refused_body_make_room(make_agent: Callable[..., Agent]) -> None:
+    """After a 413 the agent reads what the client still sends for a moment (so the answer is
+    not lost to a reset); such connections give way to a new one instead of causing 503s."""
+    agent = make_agent(max_connections=2)
+    held = []
+    try:
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", _port(agent)), timeout=10)
+            sock.sendall(
+                b"POST /v2/models/digits_fp32/infer HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 1099511627776\r\n\r\n" + b"x" * 1000
+            )
+            assert sock.recv(65536).startswith(b"HTTP/1.1 413")
+            held.append(sock)
+        status, body = _good(agent)
+        assert status == 200, body
+    finally:
+        for sock in held:
+            sock.close()
