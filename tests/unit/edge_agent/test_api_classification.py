@@ -162,18 +162,24 @@ def test_queued_answers_are_classified_as_the_answering_model_would(
         assert (pending["state"], pending["model_name"]) == ("pending", model)
     assert agent.cloud is not None
     assert agent.cloud.outbox is not None
+    outbox = agent.cloud.outbox
+    wire_ids = []
+    for model in ("fixed", "remote", "remote_flat"):
+        stored = outbox.get(f"q-{model}")
+        assert stored is not None
+        wire_ids.append(stored.wire_id)  # answers come back under the agent's own wire id
     answers = [
         (
-            f"q-{model}",
+            wire_id,
             encode_mqtt_response(
                 {DIGITS_OUTPUT: scores},
                 model_name="cloud_digits",
                 model_version="1",
-                id=f"q-{model}",
+                id=wire_id,
                 binary=True,
             ),
         )
-        for model in ("fixed", "remote", "remote_flat")
+        for wire_id in wire_ids
     ]
     assert agent.cloud.outbox.record_answers(answers) == [AnswerOutcome.STORED] * 3
 
