@@ -57,7 +57,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {
             "backend": "onnxruntime",
             "max_batch_size": 64,
-            "dynamic_batching": {"max_queue_delay_us": 300_000, "max_queue_size": 2},
+            "dynamic_batching": {"max_queue_delay_us": 1_000_000, "max_queue_size": 2},
         },
         onnx_models.add_sub,
     )
@@ -199,7 +199,7 @@ def test_a_repeat_of_a_request_still_running_joins_it(broker: Broker, hub_on: St
         a = np.full((1, 4), 5, np.float32)
         payload = encode_mqtt_request("tiny_queue", {"INPUT0": a, "INPUT1": a}, id="slow-1")
         device.send(payload)
-        device.send(payload)  # a retry while the first waits 300 ms for its batch
+        device.send(payload)  # a retry while the first waits 1 s for its batch
         device.send(payload)
         replies = [decode_mqtt_response(device.next().payload) for _ in range(3)]
         for reply in replies:
