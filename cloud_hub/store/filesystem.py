@@ -104,17 +104,15 @@ class FilesystemStore(ObjectStore):
         return tmp
 
     def put(self, key: str, data: bytes) -> None:
-        target = self._path(key)
-        tmp = self._write_temporary(target, data)
-        try:
-            os.replace(tmp, target)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise StoreError(f"the store {self.root} is not writable: {exc}") from exc
+        self._put(key, data)
 
     def put_file(self, key: str, path: Path) -> None:
+        self._put(key, path)
+
+    def _put(self, key: str, source: bytes | Path) -> None:
+        """Write to a temporary file beside the target, then rename it into place."""
         target = self._path(key)
-        tmp = self._write_temporary(target, path)
+        tmp = self._write_temporary(target, source)
         try:
             os.replace(tmp, target)
         except OSError as exc:
