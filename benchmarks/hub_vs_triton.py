@@ -5,7 +5,8 @@ server, the same dynamic batching settings for the hub and Triton (Triton throug
 :mod:`benchmarks.triton_peer`), concurrency 1, 4, 16 and 64. The load comes from compiled
 generators: ``wrk`` for HTTP (binary OIP v2 bodies, Triton's binary extension both ways) and
 ``h2load`` for gRPC (one framed ``ModelInferRequest`` with ``raw_input_contents``, repeated),
-pinned to their own cores when the machine has four or more. Goals: the hub's throughput at
+pinned to their own cores when the machine has four or more. Each point is the median of three
+rounds, the servers taking turns within a round, so the machine's drift falls on all alike. Goals: the hub's throughput at
 least Triton's everywhere, its p99 no worse at concurrency 16 and 64, and gRPC at least HTTP's
 throughput for MobileNetV2.
 
@@ -43,6 +44,8 @@ from protocols import encode_request
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 4, 16, 64)
+ROUNDS = 3
+"""Measurements per point, interleaved across the servers; the table shows their median."""
 COMMAND = "python -m benchmarks.hub_vs_triton"
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -363,11 +366,14 @@ def run_h2load(
         cpus.wrap(cpus.load, argv), capture_output=True, text=True, check=True
     ).stdout
     failed = _failures(server) - before
+    # h2load resets the calls still in flight when its time is up; the hub counts those as
+    # cancelled, Triton as failed, so Triton may show up to one per client without a fault.
+    allowed = 0 if server.name == "hub" else concurrency
     done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
     rate = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
     if done is None or rate is None:
         raise RuntimeError(f"h2load output not understood:\n{out}")
-    if failed or int(done.group(3)) != int(done.group(2)) or not int(done.group(3)):
+    if failed > allowed or int(done.group(3)) != int(done.group(2)) or not int(done.group(3)):
         raise RuntimeError(f"h2load against {server.name}: {failed} failed inferences\n{out}")
     latencies = np.sort(np.loadtxt(log, usecols=2, ndmin=1)) / 1e3
     log.unlink()
@@ -385,9 +391,12 @@ def run_h2load(
 # -- the run -------------------------------------------------------------------------------------
 
 
-def run_case(case: Case, levels: tuple[int, ...], cpus: Cpus, with_naive: bool) -> list[Point]:
-    """All servers up at once and measured in turn at each level, so a change in the machine's
-    background load falls on all of them alike."""
+def run_case(
+    case: Case, levels: tuple[int, ...], cpus: Cpus, with_naive: bool, rounds: int
+) -> list[Point]:
+    """All servers up at once and measured in turn, ``rounds`` times at each level, so a change
+    in the machine's background load falls on all of them alike; each point is the median of
+    its rounds."""
     body, header_length = http_body(case)
     frame = grpc_frame(case)
     points: list[Point] = []
@@ -409,25 +418,46 @@ def run_case(case: Case, levels: tuple[int, ...], cpus: Cpus, with_naive: bool) 
                 if server.grpc_port is not None:
                     _check_grpc(server, case)
             for level in levels:
-                for server in servers:
-                    measured = [
-                        run_wrk(
-                            server, case, body_file, header_length, level, cpus, case.duration_s
-                        )
-                    ]
-                    if server.grpc_port is not None:
-                        measured.append(
-                            run_h2load(server, case, frame_file, level, cpus, case.duration_s)
-                        )
-                    for point in measured:
-                        print(
-                            f"  {case.name} {point.transport} c={level} {server.name}: "
-                            f"{point.throughput_per_s:,.0f} req/s, p50 {point.p50_ms:.2f} ms, "
-                            f"p99 {point.p99_ms:.2f} ms",
-                            flush=True,
-                        )
-                    points += measured
+                measured: dict[tuple[str, str], list[Point]] = {}
+                for _ in range(rounds):
+                    for server in servers:
+                        one = [
+                            run_wrk(
+                                server, case, body_file, header_length, level, cpus, case.duration_s
+                            )
+                        ]
+                        if server.grpc_port is not None:
+                            one.append(
+                                run_h2load(server, case, frame_file, level, cpus, case.duration_s)
+                            )
+                        for point in one:
+                            measured.setdefault((server.name, point.transport), []).append(point)
+                for runs in measured.values():
+                    point = median_point(runs)
+                    print(
+                        f"  {case.name} {point.transport} c={level} {point.server}: "
+                        f"{point.throughput_per_s:,.0f} req/s, p50 {point.p50_ms:.2f} ms, "
+                        f"p99 {point.p99_ms:.2f} ms (rounds: "
+                        + ", ".join(f"{p.throughput_per_s:,.0f}" for p in runs)
+                        + ")",
+                        flush=True,
+                    )
+                    points.append(point)
     return points
+
+
+def median_point(runs: list[Point]) -> Point:
+    """The median of each figure over the rounds (requests: their sum)."""
+    first = runs[0]
+    return Point(
+        server=first.server,
+        transport=first.transport,
+        concurrency=first.concurrency,
+        requests=sum(p.requests for p in runs),
+        throughput_per_s=float(np.median([p.throughput_per_s for p in runs])),
+        p50_ms=float(np.median([p.p50_ms for p in runs])),
+        p99_ms=float(np.median([p.p99_ms for p in runs])),
+    )
 
 
 @contextmanager
@@ -447,7 +477,7 @@ def cases(names: list[str], quick: bool) -> list[Case]:
                 example=rng.random((1, 64), np.float32),
                 max_batch_size=64,
                 max_queue_delay_us=100,
-                duration_s=2.0 if quick else 10.0,
+                duration_s=2.0 if quick else 4.0,
             )
         )
     if "mobilenetv2" in names:
@@ -459,13 +489,13 @@ def cases(names: list[str], quick: bool) -> list[Case]:
                 example=rng.random((1, 224, 224, 3), np.float32),
                 max_batch_size=16,
                 max_queue_delay_us=2000,
-                duration_s=3.0 if quick else 15.0,
+                duration_s=3.0 if quick else 6.0,
             )
         )
     return out
 
 
-def table(points_by_case: dict[str, list[Point]], cpus: Cpus) -> str:
+def table(points_by_case: dict[str, list[Point]], cpus: Cpus, rounds: int) -> str:
     placement = (
         f"servers on cores {cpus.servers}, load generators on cores {cpus.load}"
         if cpus.servers
@@ -478,6 +508,7 @@ def table(points_by_case: dict[str, list[Point]], cpus: Cpus) -> str:
         "`.cache/triton-venv`, made on first use). ONNX Runtime on the CPU in every server; the hub and",
         "Triton with the same dynamic batching (MLP: up to 64, 100 us; MobileNetV2: up to 16, 2 ms).",
         f"HTTP load from `wrk`, gRPC load from `h2load`; {placement}.",
+        f"Each figure is the median of {rounds} rounds, the servers taking turns within each round.",
         "Goals: hub throughput >= Triton's everywhere; hub p99 <= Triton's at concurrency 16 and 64.",
         "",
         "| model | transport | concurrency | hub req/s | Triton req/s | hub / Triton | naive req/s | hub p50 / p99 ms | Triton p50 / p99 ms | goal |",
@@ -516,6 +547,7 @@ def run(
     models: list[str] | None = None,
     with_naive: bool = True,
     levels: tuple[int, ...] | None = None,
+    rounds: int | None = None,
 ) -> str:
     for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client")):
         if shutil.which(tool) is None:
@@ -526,8 +558,10 @@ def run(
     cpus = Cpus.split()
     results = {}
     for case in cases(models or ["tiny", "mobilenetv2"], quick):
-        results[case.name] = run_case(case, levels, cpus, with_naive)
-    text = table(results, cpus)
+        results[case.name] = run_case(
+            case, levels, cpus, with_naive, rounds or (1 if quick else ROUNDS)
+        )
+    text = table(results, cpus, rounds or (1 if quick else ROUNDS))
     if not quick and levels == CONCURRENCY:
         write_section("hub_vs_triton", text)
     print(text)
@@ -542,10 +576,12 @@ if __name__ == "__main__":
     )
     parser.add_argument("--no-naive", action="store_true", help="leave the naive server out")
     parser.add_argument("--levels", nargs="+", type=int, help=f"default: {CONCURRENCY}")
+    parser.add_argument("--rounds", type=int, help=f"measurements per point (default {ROUNDS})")
     args = parser.parse_args()
     run(
         quick=args.quick,
         models=args.models,
         with_naive=not args.no_naive,
         levels=tuple(args.levels) if args.levels else None,
+        rounds=args.rounds,
     )
