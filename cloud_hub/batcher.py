@@ -8,6 +8,12 @@ carry a deadline for their time in the queue, and a request whose caller has gon
 
 Backends run in a thread pool of ``instance_count`` threads, so the event loop never blocks on
 inference and at most that many batches run at once.
+
+Times come from :func:`time.perf_counter`, not the loop's clock: uvloop's ``loop.time()`` moves
+in whole milliseconds, which turned a 100 us delay into a busy wait for the next tick (up to a
+millisecond a batch) and rounded queue and compute times to 0 or 1 ms. Event-loop timers are no
+finer either (uvloop rounds to the millisecond, asyncio's selector waits round up), so a delay's
+last fraction of a millisecond passes one loop iteration at a time, each reading what has arrived.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +37,10 @@ from .errors import HubError, InferenceError, QueueFullError, RequestTimeoutErro
 __all__ = ["BatchObserver", "DynamicBatcher"]
 
 logger = logging.getLogger(__name__)
+
+_clock = time.perf_counter
+_TIMER_RESOLUTION_S = 0.001
+"""The finest wait an event-loop timer keeps to (uvloop counts whole milliseconds)."""
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -114,7 +126,7 @@ class DynamicBatcher:
                 f"the model's queue is full ({self._max_queue} requests waiting); retry later"
             )
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = _clock()
         timeout_s = timeout_s if timeout_s is not None else self._default_timeout_s
         size = _batch_size(inputs) if self._max_batch else 1
         pending = _Pending(
@@ -159,7 +171,7 @@ class DynamicBatcher:
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._gather(loop)
+            batch = await self._gather()
             if not batch:
                 continue
             self._running += 1
@@ -173,8 +185,8 @@ class DynamicBatcher:
         if not self._queue and self._running == 0:
             self._idle.set()
 
-    def _take_first(self, loop: asyncio.AbstractEventLoop) -> _Pending | None:
-        now = loop.time()
+    def _take_first(self) -> _Pending | None:
+        now = _clock()
         while self._queue:
             item = self._queue.popleft()
             if self._usable(item, now):
@@ -194,12 +206,12 @@ class DynamicBatcher:
             return False
         return True
 
-    async def _gather(self, loop: asyncio.AbstractEventLoop) -> list[_Pending]:
+    async def _gather(self) -> list[_Pending]:
         while not self._queue:
             self._check_idle()
             self._wakeup.clear()
             await self._wakeup.wait()
-        first = self._take_first(loop)
+        first = self._take_first()
         if first is None:
             self._observer.queue_depth(len(self._queue))
             return []
@@ -210,15 +222,20 @@ class DynamicBatcher:
         total = first.size
         dispatch_at = first.enqueued_s + self._delay_s
         while True:
-            total = self._pull_compatible(batch, total, loop.time())
+            total = self._pull_compatible(batch, total, _clock())
             if total >= self._max_batch or total in self._preferred or self._closing:
                 break
-            remaining = dispatch_at - loop.time()
+            remaining = dispatch_at - _clock()
             if remaining <= 0:
                 break
             self._wakeup.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            if remaining >= _TIMER_RESOLUTION_S:
+                # Whole timer ticks only, so the wait never overshoots the delay.
+                whole = math.floor(remaining / _TIMER_RESOLUTION_S) * _TIMER_RESOLUTION_S
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), whole)
+            else:
+                await asyncio.sleep(0)
         self._observer.queue_depth(len(self._queue))
         return batch
 
@@ -240,7 +257,7 @@ class DynamicBatcher:
         return total
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
-        start = loop.time()
+        start = _clock()
         for item in batch:
             item.queued_s = start - item.enqueued_s
         if len(batch) == 1:
@@ -262,7 +279,7 @@ class DynamicBatcher:
             logger.exception("backend failed on a batch of %d requests", len(batch))
             self._fail(batch, InferenceError(f"inference failed: {exc}"))
             return
-        compute_s = loop.time() - start
+        compute_s = _clock() - start
         self._observer.executed(
             batch_size=sum(item.size for item in batch),
             requests=len(batch),

@@ -271,3 +271,53 @@ def test_instances_run_batches_in_parallel_threads() -> None:
         await batcher.close()
 
     run(main())
+
+
+class Timings(BatchObserver):
+    def __init__(self) -> None:
+        self.queue_s: list[float] = []
+        self.compute_s: list[float] = []
+
+    def executed(
+        self, *, batch_size: int, requests: int, queue_s: list[float], compute_s: float
+    ) -> None:
+        self.queue_s += queue_s
+        self.compute_s.append(compute_s)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_sub_millisecond_delays_and_timings_are_not_rounded_to_the_loops_clock(loop: str) -> None:
+    """uvloop's clock and timers move in whole milliseconds: a 200 us delay must still be about
+    200 us (not a wait for the clock's next tick), and the timings must not be 0 or 1 ms."""
+
+    async def main() -> list[float]:
+        timings = Timings()
+        batcher = DynamicBatcher(
+            Doubler(delay_s=0.0003),
+            max_batch_size=8,
+            batching=True,
+            max_queue_delay_us=200,
+            observer=timings,
+        )
+        waits = []
+        for _ in range(41):
+            start = time.perf_counter()
+            await batcher.infer(x(1, 1))
+            waits.append(time.perf_counter() - start)
+        await batcher.close()
+        quantised = [
+            s for s in timings.queue_s + timings.compute_s if abs(s * 1e3 - round(s * 1e3)) < 1e-6
+        ]
+        assert not quantised, f"timings on whole milliseconds: {quantised}"
+        assert all(q >= 0.0002 for q in timings.queue_s), min(timings.queue_s)
+        return waits
+
+    if loop == "uvloop":  # uvicorn's loop wherever it is installed, as with the hub's extras
+        import uvloop
+
+        waits = uvloop.run(main())
+    else:
+        waits = run(main())
+    # Each call: the 200 us delay and 300 us of "inference"; a wait for the next millisecond
+    # tick would add about half a millisecond to most of them.
+    assert float(np.median(waits)) < 0.0009, sorted(waits)
