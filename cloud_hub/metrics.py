@@ -142,21 +142,28 @@ class VersionStats(BatchObserver):
         self._labels = {"model": model, "version": version}
         self._lock = threading.Lock()
         self._stats = _Stats()
+        # The per-request series, looked up once (``labels()`` costs a lock and a dict per call).
+        self._queue_depth = metrics.queue_depth.labels(**self._labels)
+        self._inference_count = metrics.inference_count.labels(**self._labels)
+        self._execution_count = metrics.execution_count.labels(**self._labels)
+        self._compute_duration = metrics.compute_duration.labels(**self._labels)
+        self._batch_size = metrics.batch_size.labels(**self._labels)
+        self._queue_duration = metrics.queue_duration.labels(**self._labels)
+        self._request_success = metrics.request_success.labels(**self._labels)
+        self._request_duration = metrics.request_duration.labels(**self._labels)
 
     def queue_depth(self, depth: int) -> None:
-        self._m.queue_depth.labels(**self._labels).set(depth)
+        self._queue_depth.set(depth)
 
     def executed(
         self, *, batch_size: int, requests: int, queue_s: list[float], compute_s: float
     ) -> None:
-        labels = self._labels
-        self._m.inference_count.labels(**labels).inc(batch_size)
-        self._m.execution_count.labels(**labels).inc()
-        self._m.compute_duration.labels(**labels).observe(compute_s)
-        self._m.batch_size.labels(**labels).observe(batch_size)
-        queue_hist = self._m.queue_duration.labels(**labels)
+        self._inference_count.inc(batch_size)
+        self._execution_count.inc()
+        self._compute_duration.observe(compute_s)
+        self._batch_size.observe(batch_size)
         for seconds in queue_s:
-            queue_hist.observe(seconds)
+            self._queue_duration.observe(seconds)
         with self._lock:
             s = self._stats
             s.inference_count += batch_size
@@ -171,8 +178,8 @@ class VersionStats(BatchObserver):
         self.failed(reason, 0.0)
 
     def succeeded(self, seconds: float) -> None:
-        self._m.request_success.labels(**self._labels).inc()
-        self._m.request_duration.labels(**self._labels).observe(seconds)
+        self._request_success.inc()
+        self._request_duration.observe(seconds)
         with self._lock:
             self._stats.success.add(seconds)
 
@@ -194,7 +201,7 @@ class VersionStats(BatchObserver):
             gauge.set(1)
         else:
             gauge.set(0)
-            self._m.queue_depth.labels(**self._labels).set(0)
+            self._queue_depth.set(0)
 
     def as_json(self) -> dict[str, Any]:
         """One entry of Triton's ``model_stats`` list."""
