@@ -21,8 +21,8 @@ from edge_agent.errors import QueuedError, ResponseError
 from protocols import DeviceStatus, Telemetry, status_topic, telemetry_topic
 from tests.support.broker import Broker
 from tests.support.fallback import (
-    AgentProcess,
     Watcher,
+    agent_starter,
     fallback_repository,
     start_mqtt_hub,
     wait_hub_connected,
@@ -68,17 +68,8 @@ def hub(repository: Path, broker: Broker, tmp_path: Path) -> Iterator[HubProcess
 
 @pytest.fixture
 def make_agent(tmp_path: Path) -> Iterator[Any]:
-    agents: list[AgentProcess] = []
-
-    def make(config: dict[str, Any]) -> AgentProcess:
-        agent = AgentProcess(workdir=tmp_path / f"agent{len(agents)}", config=config)
-        agents.append(agent)
-        agent.start()
-        return agent
-
-    yield make
-    for agent in agents:
-        agent.stop()
+    with agent_starter(tmp_path) as make:
+        yield make
 
 
 def cloud_section(broker: Broker, **settings: Any) -> dict[str, Any]:

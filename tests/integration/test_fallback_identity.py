@@ -20,7 +20,7 @@ import pytest
 
 from edge_agent.errors import QueuedError
 from tests.support.broker import Broker
-from tests.support.fallback import AgentProcess, fallback_repository, start_mqtt_hub
+from tests.support.fallback import agent_starter, fallback_repository, start_mqtt_hub
 from tests.support.models import (
     DIGITS_INPUT,
     DIGITS_OUTPUT,
@@ -46,17 +46,8 @@ def repository(digits: DigitsModels, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture
 def make_agent(tmp_path: Path) -> Iterator[Any]:
-    agents: list[AgentProcess] = []
-
-    def make(config: dict[str, Any]) -> AgentProcess:
-        agent = AgentProcess(workdir=tmp_path / f"agent{len(agents)}", config=config)
-        agents.append(agent)
-        agent.start()
-        return agent
-
-    yield make
-    for agent in agents:
-        agent.stop()
+    with agent_starter(tmp_path) as make:
+        yield make
 
 
 def _model(digits: DigitsModels, name: str, unavailable: str, deadline_s: float) -> dict[str, Any]:

@@ -16,54 +16,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from onnx import TensorProto
 from tritonclient.utils import InferenceServerException
 
-from tests.support import onnx_models
-from tests.support.hub import HubProcess, add_model
+from tests.support.hub import HubProcess, write_oip_repository
 
 pytestmark = pytest.mark.integration
-
-BATCHING = {"max_queue_delay_us": 2000, "max_queue_size": 256}
 
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("repo")
-    add_model(
-        repo,
-        "add_sub",
-        {"backend": "onnxruntime", "max_batch_size": 64, "dynamic_batching": BATCHING},
-        onnx_models.add_sub,
-    )
-    add_model(repo, "fp16", {"backend": "onnxruntime", "max_batch_size": 8}, onnx_models.scale)
-    add_model(
-        repo,
-        "int64",
-        {"backend": "onnxruntime", "max_batch_size": 8, "dynamic_batching": BATCHING},
-        onnx_models.int64_add,
-    )
-    add_model(repo, "bool", {"backend": "onnxruntime", "max_batch_size": 8}, onnx_models.bool_logic)
-    add_model(repo, "strings", {"backend": "onnxruntime", "max_batch_size": 8}, onnx_models.strings)
-    add_model(
-        repo,
-        "classifier",
-        {
-            "backend": "onnxruntime",
-            "max_batch_size": 32,
-            "dynamic_batching": BATCHING,
-            "labels": [f"digit-{i}" for i in range(10)],
-            "response_cache": {"enabled": True},
-        },
-        onnx_models.classifier,
-    )
-    add_model(
-        repo,
-        "fp64_fixed",
-        {"backend": "onnxruntime"},
-        lambda p: onnx_models.scale(p, TensorProto.DOUBLE, 3.0),
-    )
-    return repo
+    return write_oip_repository(tmp_path_factory.mktemp("repo"), cached_classifier=True)
 
 
 @pytest.fixture(scope="module")

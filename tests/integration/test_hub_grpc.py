@@ -16,72 +16,22 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
-from onnx import TensorProto
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.support import onnx_models
 from tests.support.broker import free_port
-from tests.support.hub import HubProcess, add_model
+from tests.support.hub import HubProcess, write_oip_repository
 
 pytestmark = pytest.mark.integration
 
-BATCHING = {"max_queue_delay_us": 2000, "max_queue_size": 256}
 API_KEY = "grpc-infer-key-0123456789"
 ADMIN_KEY = "grpc-admin-key-0123456789"
 
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("repo")
-    add_model(
-        repo,
-        "add_sub",
-        {"backend": "onnxruntime", "max_batch_size": 64, "dynamic_batching": BATCHING},
-        onnx_models.add_sub,
-    )
-    add_model(repo, "fp16", {"backend": "onnxruntime", "max_batch_size": 8}, onnx_models.scale)
-    add_model(
-        repo,
-        "int64",
-        {"backend": "onnxruntime", "max_batch_size": 8, "dynamic_batching": BATCHING},
-        onnx_models.int64_add,
-    )
-    add_model(repo, "bool", {"backend": "onnxruntime", "max_batch_size": 8}, onnx_models.bool_logic)
-    add_model(repo, "strings", {"backend": "onnxruntime", "max_batch_size": 8}, onnx_models.strings)
-    add_model(
-        repo,
-        "classifier",
-        {
-            "backend": "onnxruntime",
-            "max_batch_size": 32,
-            "dynamic_batching": BATCHING,
-            "labels": [f"digit-{i}" for i in range(10)],
-        },
-        onnx_models.classifier,
-    )
-    add_model(
-        repo,
-        "fp64_fixed",
-        {"backend": "onnxruntime"},
-        lambda p: onnx_models.scale(p, TensorProto.DOUBLE, 3.0),
-    )
-    for name, elem in (
-        ("int8", TensorProto.INT8),
-        ("uint16", TensorProto.UINT16),
-        ("int32", TensorProto.INT32),
-        ("uint32", TensorProto.UINT32),
-        ("uint64", TensorProto.UINT64),
-        ("fp32", TensorProto.FLOAT),
-    ):
-        add_model(
-            repo,
-            name,
-            {"backend": "onnxruntime", "max_batch_size": 8},
-            lambda p, e=elem: onnx_models.scale(p, e, 2),
-        )
-    return repo
+    return write_oip_repository(tmp_path_factory.mktemp("repo"), scaled_dtypes=True)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 
 from protocols import ModelAnnouncement, fleet_models_topic
 from tests.support.broker import Broker
-from tests.support.fallback import AgentProcess, Watcher, wait_hub_connected
+from tests.support.fallback import Watcher, agent_starter, wait_hub_connected
 from tests.support.hub import HubProcess, console_script
 from tests.support.models import DigitsModels, ensure_digits_models, require
 from tests.support.round_robin import RoundRobinProxy
@@ -128,17 +128,8 @@ def cluster(
 
 @pytest.fixture
 def make_agent(tmp_path: Path) -> Iterator[Any]:
-    agents: list[AgentProcess] = []
-
-    def make(settings: dict[str, Any]) -> AgentProcess:
-        agent = AgentProcess(workdir=tmp_path / f"agent-{len(agents)}", config=settings)
-        agents.append(agent)
-        agent.start()
-        return agent
-
-    yield make
-    for agent in agents:
-        agent.stop()
+    with agent_starter(tmp_path) as make:
+        yield make
 
 
 def retained(broker: Broker, device_class: str) -> ModelAnnouncement:

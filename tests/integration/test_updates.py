@@ -19,7 +19,7 @@ import pytest
 
 from protocols import DeviceStatus, status_topic
 from tests.support.broker import Broker
-from tests.support.fallback import AgentProcess, Watcher, start_mqtt_hub
+from tests.support.fallback import AgentProcess, Watcher, agent_starter, start_mqtt_hub
 from tests.support.hub import HubProcess, console_script
 from tests.support.models import DigitsModels, ensure_digits_models, require
 from tests.support.updates import (
@@ -70,17 +70,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 
 @pytest.fixture
 def make_agent(tmp_path: Path) -> Iterator[Any]:
-    agents: list[AgentProcess] = []
-
-    def make(settings: dict[str, Any], name: str = "agent") -> AgentProcess:
-        agent = AgentProcess(workdir=tmp_path / name, config=settings)
-        agents.append(agent)
-        agent.start()
-        return agent
-
-    yield make
-    for agent in agents:
-        agent.stop()
+    with agent_starter(tmp_path) as make:
+        yield make
 
 
 X = np.random.default_rng(7).random((3, 64), dtype=np.float32)

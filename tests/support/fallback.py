@@ -12,7 +12,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,25 @@ class AgentProcess:
             if line.startswith(series + " "):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
+
+
+@contextmanager
+def agent_starter(folder: Path) -> Iterator[Callable[[dict[str, Any]], AgentProcess]]:
+    """``make(config)`` starts an agent in its own folder under ``folder`` (``agent-0``,
+    ``agent-1``, ...); every agent it started is stopped on the way out."""
+    agents: list[AgentProcess] = []
+
+    def make(config: dict[str, Any]) -> AgentProcess:
+        agent = AgentProcess(workdir=folder / f"agent-{len(agents)}", config=config)
+        agents.append(agent)
+        agent.start()
+        return agent
+
+    try:
+        yield make
+    finally:
+        for agent in agents:
+            agent.stop()
 
 
 class Watcher:

@@ -36,6 +36,59 @@ def add_model(
     return build(folder / str(version) / filename)
 
 
+OIP_BATCHING = {"max_queue_delay_us": 2000, "max_queue_size": 256}
+
+
+def write_oip_repository(
+    repo: Path, *, cached_classifier: bool = False, scaled_dtypes: bool = False
+) -> Path:
+    """The models the OIP integration tests share: two inputs and outputs with batching
+    (``add_sub``), FP16, INT64, BOOL, BYTES, a labelled classifier (its response cache on with
+    ``cached_classifier``), an unbatched FP64 model, and with ``scaled_dtypes`` one ``x * 2``
+    model per remaining numeric datatype (``int8``, ``uint16``, ``int32``, ``uint32``,
+    ``uint64``, ``fp32``)."""
+    from onnx import TensorProto
+
+    from tests.support import onnx_models
+
+    batched = {"backend": "onnxruntime", "dynamic_batching": OIP_BATCHING}
+    add_model(repo, "add_sub", {**batched, "max_batch_size": 64}, onnx_models.add_sub)
+    add_model(repo, "fp16", {"backend": "onnxruntime", "max_batch_size": 8}, onnx_models.scale)
+    add_model(repo, "int64", {**batched, "max_batch_size": 8}, onnx_models.int64_add)
+    add_model(repo, "bool", {"backend": "onnxruntime", "max_batch_size": 8}, onnx_models.bool_logic)
+    add_model(repo, "strings", {"backend": "onnxruntime", "max_batch_size": 8}, onnx_models.strings)
+    classifier: dict[str, Any] = {
+        **batched,
+        "max_batch_size": 32,
+        "labels": [f"digit-{i}" for i in range(10)],
+    }
+    if cached_classifier:
+        classifier["response_cache"] = {"enabled": True}
+    add_model(repo, "classifier", classifier, onnx_models.classifier)
+    add_model(
+        repo,
+        "fp64_fixed",
+        {"backend": "onnxruntime"},
+        lambda p: onnx_models.scale(p, TensorProto.DOUBLE, 3.0),
+    )
+    if scaled_dtypes:
+        for name, elem in (
+            ("int8", TensorProto.INT8),
+            ("uint16", TensorProto.UINT16),
+            ("int32", TensorProto.INT32),
+            ("uint32", TensorProto.UINT32),
+            ("uint64", TensorProto.UINT64),
+            ("fp32", TensorProto.FLOAT),
+        ):
+            add_model(
+                repo,
+                name,
+                {"backend": "onnxruntime", "max_batch_size": 8},
+                lambda p, e=elem: onnx_models.scale(p, e, 2),
+            )
+    return repo
+
+
 def console_script(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
