@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import struct
@@ -70,6 +71,9 @@ class Point:
     throughput_per_s: float
     p50_ms: float
     p99_ms: float
+    load_cpu_us: float
+    """The load generator's own CPU time per request (user + system): on a machine where it
+    shares the servers' cores, what it takes is taken from them."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,6 +289,16 @@ def _check_grpc(server: Server, case: Case) -> None:
 
 # -- load generators -----------------------------------------------------------------------------
 
+
+def _run_load(argv: list[str]) -> tuple[str, float]:
+    """A load generator's output and the CPU seconds it used (from the kernel's accounting)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return out, cpu_s
+
+
 _WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/octet-stream"
@@ -325,9 +339,7 @@ def run_wrk(
         str(script),
         f"http://127.0.0.1:{server.http_port}/v2/models/{case.name}/infer",
     ]
-    out = subprocess.run(
-        cpus.wrap(cpus.load, argv), capture_output=True, text=True, check=True
-    ).stdout
+    out, cpu_s = _run_load(cpus.wrap(cpus.load, argv))
     figures = json.loads(out.strip().splitlines()[-1])
     if figures["errors"] or figures["non2xx"] or not figures["requests"]:
         raise RuntimeError(f"wrk against {server.name}: {figures}")
@@ -340,6 +352,7 @@ def run_wrk(
         throughput_per_s=figures["requests"] / seconds,
         p50_ms=figures["p50_us"] / 1e3,
         p99_ms=figures["p99_us"] / 1e3,
+        load_cpu_us=cpu_s / figures["requests"] * 1e6,
     )
 
 
@@ -348,12 +361,13 @@ def run_h2load(
 ) -> Point:
     log = frame_file.with_suffix(f".{server.name}.{concurrency}.log")
     threads = max(1, min(concurrency, cpus.load_threads))
+    seconds = max(1, round(duration_s))
     argv = [
         "h2load",
         f"--clients={concurrency}",
         f"--threads={threads}",
         "--max-concurrent-streams=1",
-        f"--duration={max(1, round(duration_s))}",
+        f"--duration={seconds}",
         "--warm-up-time=1",
         f"--data={frame_file}",
         "--header=content-type: application/grpc",
@@ -362,9 +376,7 @@ def run_h2load(
         f"http://127.0.0.1:{server.grpc_port}{GRPC_INFER}",
     ]
     before = _failures(server)
-    out = subprocess.run(
-        cpus.wrap(cpus.load, argv), capture_output=True, text=True, check=True
-    ).stdout
+    out, cpu_s = _run_load(cpus.wrap(cpus.load, argv))
     failed = _failures(server) - before
     # h2load resets the calls still in flight when its time is up; the hub counts those as
     # cancelled, Triton as failed, so Triton may show up to one per client without a fault.
@@ -385,6 +397,8 @@ def run_h2load(
         throughput_per_s=float(rate.group(1)),
         p50_ms=float(np.percentile(latencies, 50)),
         p99_ms=float(np.percentile(latencies, 99)),
+        # The second of warm-up is not in h2load's counts; take its share of the CPU out.
+        load_cpu_us=cpu_s * seconds / (seconds + 1) / int(done.group(3)) * 1e6,
     )
 
 
@@ -439,7 +453,7 @@ def run_case(
                         f"{point.throughput_per_s:,.0f} req/s, p50 {point.p50_ms:.2f} ms, "
                         f"p99 {point.p99_ms:.2f} ms (rounds: "
                         + ", ".join(f"{p.throughput_per_s:,.0f}" for p in runs)
-                        + ")",
+                        + f"; load generator {point.load_cpu_us:,.0f} us CPU a request)",
                         flush=True,
                     )
                     points.append(point)
@@ -457,6 +471,7 @@ def median_point(runs: list[Point]) -> Point:
         throughput_per_s=float(np.median([p.throughput_per_s for p in runs])),
         p50_ms=float(np.median([p.p50_ms for p in runs])),
         p99_ms=float(np.median([p.p99_ms for p in runs])),
+        load_cpu_us=float(np.median([p.load_cpu_us for p in runs])),
     )
 
 
@@ -531,6 +546,12 @@ def table(points_by_case: dict[str, list[Point]], cpus: Cpus, rounds: int) -> st
                     f"{hub.p50_ms:.1f} / {hub.p99_ms:.1f} | {triton.p50_ms:.1f} / {triton.p99_ms:.1f} | "
                     f"{'met' if met else 'MISSED'} |"
                 )
+        for transport, tool in (("http", "wrk"), ("grpc", "h2load")):
+            used = [p.load_cpu_us for p in points if p.transport == transport]
+            notes.append(
+                f"- {model}: {tool} itself used {np.median(used):,.0f} us of CPU per request "
+                f"(median over servers and levels), on the cores the servers use."
+            )
         if model == "mobilenetv2":
             for level in sorted({p.concurrency for p in points}):
                 grpc = index[("hub", "grpc", level)].throughput_per_s
