@@ -36,14 +36,19 @@ class GrpcListener:
 
     async def start(self) -> None:
         settings = self._settings
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", settings.limits.payload_max_bytes),
-                ("grpc.max_send_message_length", -1),
-                # Two hubs on one port would split the calls between them unnoticed.
-                ("grpc.so_reuseport", 0),
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", settings.limits.payload_max_bytes),
+            ("grpc.max_send_message_length", -1),
+            # Two hubs on one port would split the calls between them unnoticed.
+            ("grpc.so_reuseport", 0),
+        ]
+        if settings.grpc_window_bytes:
+            # A fixed window: the bandwidth probe would overwrite it on every probe.
+            options += [
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", settings.grpc_window_bytes),
             ]
-        )
+        server = grpc.aio.server(options=options)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         address = f"{host}:{settings.grpc_port}"

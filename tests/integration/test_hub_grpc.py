@@ -639,3 +639,40 @@ def test_a_taken_grpc_port_stops_the_hub_with_a_clear_message(
         with pytest.raises(RuntimeError, match="cloud-hub exited"):
             hub.start()
     assert f"cannot listen for gRPC on 127.0.0.1:{hub.grpc_port}" in hub.log
+
+
+@pytest.mark.parametrize("window", [65535, 0], ids=["smallest-fixed-window", "probed-window"])
+def test_requests_many_windows_long_arrive_whole(
+    repository: Path, tmp_path: Path, window: int
+) -> None:
+    """A 2 MB request through a 64 KiB window needs some thirty window updates; four at once
+    on one connection share its window too."""
+    hub = HubProcess(
+        repository=repository,
+        workdir=tmp_path,
+        config={
+            "load_models": ["fp32"],
+            "grpc_window_bytes": window,
+            "limits": {"payload_max_bytes": 4_000_000},
+        },
+        grpc_port=free_port(),
+    )
+    hub.start()
+    c = triton.InferenceServerClient(hub.grpc_url)
+    rng = np.random.default_rng(7)
+    tensors = [rng.random((1, 500_000), np.float32) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(
+                pool.map(
+                    lambda x: c.infer("fp32", [_input("x", x, "FP32")], client_timeout=30).as_numpy(
+                        "y"
+                    ),
+                    tensors,
+                )
+            )
+        for x, y in zip(tensors, answers, strict=True):
+            np.testing.assert_array_equal(y, x * 2)
+    finally:
+        c.close()
+        hub.stop()
