@@ -92,7 +92,9 @@ def test_grpc_port_and_tls_settings(tmp_path: Path) -> None:
     assert load_settings(None, model_repository=tmp_path).grpc_port == 8001
     assert load_settings(None, model_repository=tmp_path, grpc_port=0).grpc_port == 0
     assert load_settings(None, model_repository=tmp_path).grpc_window_bytes == 1 << 20
-    assert load_settings(None, model_repository=tmp_path, grpc_window_bytes=0).grpc_window_bytes == 0
+    assert (
+        load_settings(None, model_repository=tmp_path, grpc_window_bytes=0).grpc_window_bytes == 0
+    )
     with pytest.raises(ConfigError, match=r"grpc_window_bytes: .*at least 65535"):
         load_settings(None, model_repository=tmp_path, grpc_window_bytes=1024)
     with pytest.raises(ConfigError, match=r"tls.cert_file .*cert.pem does not exist"):
