@@ -4,7 +4,8 @@
 # It makes a virtual environment that sees the machine's own Python packages, installs only what
 # is missing there from a folder of downloaded distributions (pycuda is built from its sdist
 # against the local CUDA toolkit), and runs `pytest -m gpu` on the backend's tests. Tests that
-# need TensorRT skip where TensorRT is not installed; the pycuda ones then still run.
+# need TensorRT skip where TensorRT is not installed; the pycuda ones then still run, and so does
+# the backend around a CUDA kernel standing in for the engine where CuPy is installed.
 #
 # Fill the folder beforehand, where PyPI is reachable (the wheels must match the GPU machine's
 # Python; cp312 here):

@@ -16,6 +16,7 @@ import itertools
 import sys
 import threading
 import types
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 import pytest
 
 from cloud_hub.backends import _cuda
-from cloud_hub.backends.base import BackendOptions, load_backend_class
+from cloud_hub.backends.base import Backend, BackendOptions, load_backend_class
 from cloud_hub.backends.tensorrt import (
     TRT_DATATYPES,
     ShapeRange,
@@ -381,7 +382,14 @@ class FakeSeverity(enum.Enum):
 PLAN = b"simulated plan: y = 2x + 1, x float32 [-1, 4], batch 1 to 8"
 
 
-def _simulated_tensorrt(memory: _Memory, *, dtype: str = "FLOAT") -> Any:
+# A stand-in engine's work: (x address, y address, element count, CUDA stream handle) -> None.
+Kernel = Callable[[int, int, int, int], None]
+
+
+def _simulated_tensorrt(
+    memory: _Memory, *, dtype: str = "FLOAT", kernel: Kernel | None = None
+) -> Any:
+    """A ``tensorrt`` module whose engine computes y = 2x + 1, in ``memory`` or with ``kernel``."""
     trt: Any = types.ModuleType("tensorrt")
     trt.__version__ = "10.simulated"
     trt.DataType = FakeDataType
@@ -421,7 +429,11 @@ def _simulated_tensorrt(memory: _Memory, *, dtype: str = "FLOAT") -> Any:
         def execute_async_v3(self, stream: int) -> bool:
             assert self.running.acquire(blocking=False), "one context used by two threads"
             try:
-                nbytes = int(np.prod(self.shapes["x"])) * 4
+                count = int(np.prod(self.shapes["x"]))
+                if kernel is not None:
+                    kernel(self.addresses["x"], self.addresses["y"], count, stream)
+                    return True
+                nbytes = count * 4
                 x = np.frombuffer(memory.view(self.addresses["x"], nbytes), np.float32)
                 y = np.frombuffer(memory.view(self.addresses["y"], nbytes), np.float32)
                 y[...] = 2 * x + 1
@@ -708,6 +720,86 @@ def test_gpu_download_past_the_buffer_is_refused(gpu: _cuda.CudaDevice) -> None:
                 buffers.download("x", (1000,), np.dtype(np.float32))
         finally:
             buffers.close()
+
+
+def _cupy_kernel() -> Kernel:
+    """y = 2x + 1 as a CUDA kernel (through CuPy) on the caller's stream and device buffers."""
+    cupy = pytest.importorskip("cupy")
+    twice_plus_one = cupy.ElementwiseKernel(
+        "float32 x", "float32 y", "y = 2 * x + 1", "twice_plus_one"
+    )
+
+    def view(address: int, count: int) -> Any:
+        memory = cupy.cuda.UnownedMemory(address, count * 4, None, 0)
+        return cupy.ndarray((count,), cupy.float32, cupy.cuda.MemoryPointer(memory, 0))
+
+    def kernel(x_address: int, y_address: int, count: int, stream: int) -> None:
+        with cupy.cuda.ExternalStream(stream):
+            twice_plus_one(view(x_address, count), view(y_address, count))
+
+    return kernel
+
+
+@pytest.mark.gpu
+def test_gpu_backend_around_a_cuda_kernel(
+    gpu: _cuda.CudaDevice, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The backend's own CUDA side on a real GPU, with TensorRT's engine stood in for.
+
+    Where TensorRT cannot be installed, the engine is a CUDA kernel that reads and writes the
+    device buffers the backend bound, on the stream it passed: pinned staging, asynchronous
+    copies, stream order, the context on each worker thread and per-instance buffers all run
+    for real, and a result read before the kernel finished would show.
+    """
+    kernel = _cupy_kernel()
+    monkeypatch.setitem(sys.modules, "tensorrt", _simulated_tensorrt(_Memory(), kernel=kernel))
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(PLAN)
+    backend = TensorRTBackend.load(plan, BackendOptions(instance_count=3))
+    assert backend.name == f"tensorrt:{gpu.name}"
+    _serve_many_batches_then_close(backend)
+
+
+def _serve_many_batches_then_close(backend: Backend) -> None:
+    """300 batches of 1 to 8 rows, from one thread then six, a refusal, and a closed backend."""
+    try:
+        rng = np.random.default_rng(5)
+        batches = [
+            rng.standard_normal((int(rng.integers(1, 9)), 4)).astype(np.float32) for _ in range(300)
+        ]
+
+        def run(x: np.ndarray[Any, Any]) -> bool:
+            y = backend.infer({"x": x})["y"]
+            return y.shape == x.shape and bool(np.array_equal(y, 2 * x + 1))
+
+        assert all(run(x) for x in batches[:20])
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            assert all(pool.map(run, batches))
+        with pytest.raises(BadRequestError, match="must lie between 1 and 8"):
+            backend.infer({"x": np.zeros((9, 4), np.float32)})
+        assert run(batches[0])
+    finally:
+        backend.close()
+    with pytest.raises(InferenceError, match="closed"):
+        backend.infer({"x": np.ones((1, 4), np.float32)})
+
+
+def test_simulated_engine_calls_its_kernel_with_the_bound_buffers(
+    monkeypatch: pytest.MonkeyPatch, simulated: tuple[Any, _Memory, Path]
+) -> None:
+    """The GPU test's stand-in engine and checks, on simulated memory."""
+    _, memory, plan = simulated
+    streams: set[int] = set()
+
+    def kernel(x_address: int, y_address: int, count: int, stream: int) -> None:
+        streams.add(stream)
+        x = np.frombuffer(memory.view(x_address, count * 4), np.float32)
+        np.frombuffer(memory.view(y_address, count * 4), np.float32)[...] = 2 * x + 1
+
+    monkeypatch.setitem(sys.modules, "tensorrt", _simulated_tensorrt(memory, kernel=kernel))
+    _serve_many_batches_then_close(TensorRTBackend.load(plan, BackendOptions(instance_count=3)))
+    assert len(streams) == 3, "each instance runs on its own stream"
+    assert memory.live == 0
 
 
 def _tiny_onnx(path: Path) -> None:
