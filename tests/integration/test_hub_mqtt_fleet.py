@@ -54,10 +54,12 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     add_model(
         repo,
         "tiny_queue",
+        # A request of 3 rows waits half a second for company that cannot fit beside it (3 + 3
+        # rows > 4), so the requests behind it stay queued and the third finds the queue full.
         {
             "backend": "onnxruntime",
-            "max_batch_size": 64,
-            "dynamic_batching": {"max_queue_delay_us": 1_000_000, "max_queue_size": 2},
+            "max_batch_size": 4,
+            "dynamic_batching": {"max_queue_delay_us": 500_000, "max_queue_size": 2},
         },
         onnx_models.add_sub,
     )
@@ -159,8 +161,8 @@ def test_a_full_queue_answers_503_and_retries_get_the_real_answer(
             f"q{i}": encode_mqtt_request(
                 "tiny_queue",
                 {
-                    "INPUT0": np.full((1, 4), i, np.float32),
-                    "INPUT1": np.ones((1, 4), np.float32),
+                    "INPUT0": np.full((3, 4), i, np.float32),
+                    "INPUT1": np.ones((3, 4), np.float32),
                 },
                 id=f"q{i}",
             )
@@ -186,7 +188,7 @@ def test_a_full_queue_answers_503_and_retries_get_the_real_answer(
             answers[request_id] = float(reply.tensors["OUTPUT0"][0, 0])
         assert busy, "the queue never filled: the test proves nothing"
         assert answers == {f"q{i}": i + 1.0 for i in range(8)}
-        assert inference_count(hub, "tiny_queue") == 8, "each request ran exactly once"
+        assert inference_count(hub, "tiny_queue") == 8 * 3, "each request (3 rows) ran once"
         assert counter(hub, 'hub_mqtt_requests_total{outcome="duplicate"}') == 0
     finally:
         device.close()
@@ -199,7 +201,7 @@ def test_a_repeat_of_a_request_still_running_joins_it(broker: Broker, hub_on: St
         a = np.full((1, 4), 5, np.float32)
         payload = encode_mqtt_request("tiny_queue", {"INPUT0": a, "INPUT1": a}, id="slow-1")
         device.send(payload)
-        device.send(payload)  # a retry while the first waits 1 s for its batch
+        device.send(payload)  # a retry while the first waits half a second for its batch
         device.send(payload)
         replies = [decode_mqtt_response(device.next().payload) for _ in range(3)]
         for reply in replies:
@@ -309,8 +311,11 @@ def test_a_flooding_device_does_not_hurt_the_others(broker: Broker, hub_on: Star
     time.sleep(1.0)
     under = run_group(quiet)
     flooder.join()
+    # A second baseline after the flood brackets it, so a change in the machine's own load
+    # during the test (two shared cores) is not taken for the flood's doing.
+    after = run_group(quiet)
     flood_result = flood_results[0]
-    for run in (base, under):
+    for run in (base, under, after):
         assert run.wrong == 0
         assert run.lost == 0
         assert run.final_errors == 0
@@ -320,8 +325,10 @@ def test_a_flooding_device_does_not_hurt_the_others(broker: Broker, hub_on: Star
     assert flood_result.wrong == 0
     limited = counter(hub, 'hub_mqtt_rate_limited_total{reason="rate"}')
     assert limited == flood_result.transient["429"]
-    ratio = p99(under.latencies_s) / p99(base.latencies_s)
+    without = max(p99(base.latencies_s), p99(after.latencies_s))
+    ratio = p99(under.latencies_s) / without
     assert ratio <= 2.0, (
         f"p99 {p99(under.latencies_s) * 1e3:.2f} ms under the flood vs "
-        f"{p99(base.latencies_s) * 1e3:.2f} ms without; {metrics(hub)}"
+        f"{p99(base.latencies_s) * 1e3:.2f} ms before and {p99(after.latencies_s) * 1e3:.2f} ms "
+        f"after it; {metrics(hub)}"
     )

@@ -321,3 +321,26 @@ def test_sub_millisecond_delays_and_timings_are_not_rounded_to_the_loops_clock(l
     # Each call: the 200 us delay and 300 us of "inference"; a wait for the next millisecond
     # tick would add about half a millisecond to most of them.
     assert float(np.median(waits)) < 0.0009, sorted(waits)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_longer_rest_of_a_delay_waits_on_the_timer_not_the_cpu(loop: str) -> None:
+    """A 900 us delay is not spent iterating the loop: that would take a core while it lasts."""
+
+    async def main() -> tuple[float, float]:
+        batcher = DynamicBatcher(Doubler(), max_batch_size=8, batching=True, max_queue_delay_us=900)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(40):
+            await batcher.infer(x(1, 1))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        await batcher.close()
+        return wall, cpu
+
+    if loop == "uvloop":
+        import uvloop
+
+        wall, cpu = uvloop.run(main())
+    else:
+        wall, cpu = run(main())
+    assert wall >= 40 * 0.0009
+    assert cpu < 0.5 * wall, f"{cpu * 1e3:.1f} ms of CPU in {wall * 1e3:.1f} ms"
